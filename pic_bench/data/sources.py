@@ -1,0 +1,273 @@
+"""Image sources: the training instances (index i = instance i) and a labelled test split for evaluation.
+
+Every source yields uint8 tensors (C, H, W). Instance indices are positions in ``train``; for a folder they
+are positions in the sorted file list, which is recorded (``index_digest``) so that a folder whose contents
+changed since indices were assigned is detected rather than silently attaching weights to other images.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, empty or changed; the message names the path and how to fix it."""
+
+
+class BadImageError(RuntimeError):
+    """An image could not be decoded; the message names the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot decode image {path}: {reason}")
+        self.path = path
+
+
+class ImageSet:
+    """Images addressable by index, with integer class labels (used only for evaluation)."""
+
+    labels: np.ndarray
+    files: list[str] | None = None  # file paths for folder sets, None for in-memory sets
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TensorSet(ImageSet):
+    def __init__(self, images: torch.Tensor, labels: np.ndarray):
+        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class FolderSet(ImageSet):
+    def __init__(self, files: list[str], labels: np.ndarray, channels: int = 3):
+        self.files, self.labels, self.channels = files, np.asarray(labels, dtype=np.int64), channels
+
+    def load(self, i: int) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.channels == 3 else "L")
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise BadImageError(path, f"{type(e).__name__}: {e}") from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class Source:
+    name: str
+    train: ImageSet  # the instances: index i here is instance i
+    test: ImageSet  # labelled held-out split for kNN and the linear probe
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    index_digest: str  # sha256 of the index -> file map (or of the in-memory data's selection)
+
+    @property
+    def N(self) -> int:
+        return len(self.train)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_fashion_mnist(root: str) -> Path:
+    candidates = [root] if root else list(FASHION_MNIST_DIRS)
+    for c in candidates:
+        p = Path(c)
+        if all(any((p / (f + ext)).is_file() for ext in (".gz", "")) for f in FASHION_MNIST_FILES.values()):
+            return p
+    where = root or " or ".join(FASHION_MNIST_DIRS)
+    raise DatasetError(
+        f"Fashion-MNIST not found in {where}. Install it with `apt-get install dataset-fashion-mnist` "
+        f"(Debian) or point data.root=<folder> at a folder holding the four idx files "
+        f"({', '.join(FASHION_MNIST_FILES.values())}, optionally .gz).")
+
+
+def _idx(p: Path, stem: str) -> np.ndarray:
+    f = p / (stem + ".gz")
+    return _read_idx(f if f.is_file() else p / stem)
+
+
+def _subset(n_total: int, n: int, seed: int) -> np.ndarray:
+    """The first n of a fixed permutation (seed independent of the run seed: every run sees the same images)."""
+    if n <= 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
+def fashion_mnist(cfg: DataConfig) -> Source:
+    p = _find_fashion_mnist(cfg.root)
+    xs = _idx(p, FASHION_MNIST_FILES["train_images"])
+    ys = _idx(p, FASHION_MNIST_FILES["train_labels"])
+    xt = _idx(p, FASHION_MNIST_FILES["test_images"])
+    yt = _idx(p, FASHION_MNIST_FILES["test_labels"])
+    tr = _subset(len(xs), cfg.num_instances, 1234)
+    te = _subset(len(xt), cfg.test_size, 4321)
+    train = TensorSet(torch.from_numpy(xs[tr].copy())[:, None], ys[tr])
+    test = TensorSet(torch.from_numpy(xt[te].copy())[:, None], yt[te])
+    digest = hashlib.sha256(b"fashion_mnist" + tr.tobytes()).hexdigest()
+    return Source("fashion_mnist", train, test, 1, (0.286,), (0.353,), digest)
+
+
+def digits(cfg: DataConfig) -> Source:
+    """scikit-learn's bundled 8x8 digits (1797 images): tiny, for tests. Split 80/20 by a fixed permutation."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
+    d = load_digits()
+    x = np.clip(d.images * 16, 0, 255).astype(np.uint8)  # values 0..16 -> 0..255
+    perm = np.random.default_rng(7).permutation(len(x))
+    n_test = 360
+    te_all, tr_all = perm[:n_test], perm[n_test:]
+    tr = tr_all[: cfg.num_instances] if cfg.num_instances > 0 else tr_all
+    te = te_all[: cfg.test_size] if cfg.test_size > 0 else te_all
+    train = TensorSet(torch.from_numpy(x[tr])[:, None], d.target[tr])
+    test = TensorSet(torch.from_numpy(x[te])[:, None], d.target[te])
+    return Source("digits", train, test, 1, (0.3,), (0.38,), hashlib.sha256(tr.tobytes()).hexdigest())
+
+
+def synthetic(cfg: DataConfig, seed: int = 0) -> Source:
+    """Random images, 10 classes: for benchmarks and tests of plumbing only (nothing to learn)."""
+    n = cfg.num_instances or 1024
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.image_size
+    tr = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+    te = torch.randint(0, 256, (cfg.test_size or 256, 3, s, s), generator=g, dtype=torch.uint8)
+    ys = np.arange(n) % 10
+    yt = np.arange(len(te)) % 10
+    return Source("synthetic", TensorSet(tr, ys), TensorSet(te, yt), 3, (0.5,) * 3, (0.29,) * 3, f"synthetic-{n}-{seed}")
+
+
+def list_folder(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """Sorted image files of an ImageNet-style folder (root/<class>/<image>), their class ids, class names."""
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root} (set data.root to an ImageNet-style folder "
+                           "with train/<class>/<image> and val/<class>/<image>)")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    files, labels = [], []
+    for ci, c in enumerate(classes):
+        for dirpath, _, names in sorted(os.walk(root / c)):
+            for n in sorted(names):
+                if n.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(os.path.join(dirpath, n))
+                    labels.append(ci)
+    if not files:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/<class>/: the folder is empty")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def digest_files(files: list[str], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(os.path.relpath(f, root).encode() + b"\n")
+    return h.hexdigest()
+
+
+def image_folder(cfg: DataConfig) -> Source:
+    root = Path(cfg.root) if cfg.root else None
+    if root is None:
+        raise DatasetError("data.dataset=imagefolder needs data.root=<folder> with train/ and val/ subfolders")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    test_dir = root / "val"
+    files, labels, classes = list_folder(train_dir)
+    tr = _subset(len(files), cfg.num_instances, 1234)
+    files = [files[i] for i in tr]
+    labels = labels[tr]
+    if test_dir.is_dir():
+        tfiles, tlabels, tclasses = list_folder(test_dir)
+        if tclasses != classes:
+            raise DatasetError(f"{test_dir}: class folders differ from {train_dir}")
+        te = _subset(len(tfiles), cfg.test_size, 4321)
+        test = FolderSet([tfiles[i] for i in te], tlabels[te])
+    else:  # no val/: evaluate on a held-out slice is impossible without leaking instances; reuse train
+        test = FolderSet(files, labels)
+    digest = digest_files(files, train_dir)
+    check_index_map(root, files, train_dir, digest)
+    return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                  digest)
+
+
+INDEX_MAP = ".pic_bench_index.txt"
+
+
+def check_index_map(root: Path, files: list[str], base: Path, digest: str) -> None:
+    """Records the index -> file map on first use and refuses a folder whose file list changed since.
+
+    The map lives beside the data (``<root>/.pic_bench_index.txt``) when the folder is writable; otherwise the
+    digest is only recorded in result rows.
+    """
+    path = root / INDEX_MAP
+    rel = [os.path.relpath(f, base) for f in files]
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        if lines and lines[0].startswith("# n="):
+            recorded = lines[1:]
+            want_n = len(recorded)
+            if lines[0] != f"# n={len(rel)}" or recorded != rel:
+                first = next((i for i, (a, b) in enumerate(zip(recorded, rel)) if a != b), min(want_n, len(rel)))
+                raise DatasetError(
+                    f"{base}: the file list changed since instance indices were assigned (recorded in {path}: "
+                    f"{want_n} files, now {len(rel)}; first difference at index {first}). Instance weights would "
+                    f"attach to the wrong images. Restore the folder, or delete {path} to start a fresh index.")
+            return
+    try:
+        path.write_text(f"# n={len(rel)}\n" + "\n".join(rel) + "\n")
+    except OSError:
+        pass
+
+
+def load_source(cfg: DataConfig, seed: int = 0) -> Source:
+    if cfg.dataset == "fashion_mnist":
+        return fashion_mnist(cfg)
+    if cfg.dataset == "digits":
+        return digits(cfg)
+    if cfg.dataset == "synthetic":
+        return synthetic(cfg, seed)
+    if cfg.dataset == "imagefolder":
+        return image_folder(cfg)
+    raise DatasetError(f"unknown data.dataset '{cfg.dataset}'")
+
+
+def encode_jpeg(img: torch.Tensor) -> bytes:
+    """uint8 (C, H, W) -> JPEG bytes (used to write real JPEG folders for tests and benchmarks)."""
+    from PIL import Image
+
+    arr = img.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()

@@ -1,0 +1,77 @@
+"""The torchvision loader: batch ``step`` holds the scheduler's positions ``[step*B, (step+1)*B)``.
+
+Augmentation randomness for a batch is seeded from (run seed, step), so a resumed run draws the same views as
+an uninterrupted one and the number of workers never changes what is drawn.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..window import Schedule
+from . import Batch
+from .augment import Recipe, torchvision_transform
+from .sources import BadImageError, ImageSet
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + 0x5EED) % (2**63 - 1)
+
+
+class _Steps(Dataset):
+    def __init__(self, images: ImageSet, schedule: Schedule, B: int, large: Recipe, small: Recipe | None,
+                 views: int, small_views: int, seed: int, on_bad_image: str):
+        self.images, self.schedule, self.B = images, schedule, B
+        self.large, self.small = torchvision_transform(large), (torchvision_transform(small) if small else None)
+        self.views, self.small_views, self.seed, self.on_bad = views, small_views, seed, on_bad_image
+
+    def __len__(self) -> int:  # pragma: no cover - the sampler bounds it
+        return 2**62
+
+    def __getitem__(self, step: int) -> Batch:
+        index = torch.from_numpy(self.schedule.batch(step, self.B))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_seed(self.seed, step))
+            keep, large, small = [], [[] for _ in range(self.views)], [[] for _ in range(self.small_views)]
+            for n, i in enumerate(index.tolist()):
+                try:
+                    img = self.images.load(i)
+                except BadImageError:
+                    if self.on_bad == "error":
+                        raise
+                    continue
+                keep.append(n)
+                for v in range(self.views):
+                    large[v].append(self.large(img))
+                for v in range(self.small_views):
+                    small[v].append(self.small(img))
+        if not keep:
+            raise BadImageError(str(index.tolist()), "every image of the batch failed to decode")
+        skipped = len(index) - len(keep)
+        return Batch([torch.stack(v) for v in large], index[keep] if skipped else index, step,
+                     [torch.stack(v) for v in small], skipped)
+
+
+def _identity(b):
+    return b
+
+
+class TorchvisionLoader:
+    """Iterates ``Batch`` for steps ``[start_step, end_step)``."""
+
+    name = "torchvision"
+
+    def __init__(self, images: ImageSet, schedule: Schedule, B: int, large: Recipe, small: Recipe | None = None,
+                 views: int = 1, small_views: int = 0, seed: int = 0, workers: int = 0,
+                 on_bad_image: str = "error"):
+        self.ds = _Steps(images, schedule, B, large, small, views, small_views if small else 0, seed, on_bad_image)
+        self.workers = workers
+
+    def iterate(self, start_step: int, end_step: int):
+        if self.workers == 0:
+            for s in range(start_step, end_step):
+                yield self.ds[s]
+            return
+        dl = DataLoader(self.ds, batch_size=None, sampler=range(start_step, end_step), num_workers=self.workers,
+                        collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
+        yield from dl

@@ -1,0 +1,65 @@
+"""Backbone + projection head. ``forward`` returns z (B, d) and has no side effects.
+
+Backbones: torchvision ResNet-18/50 (``small_stem``: 3x3 stride-1 first conv and no max-pool, for 28-32 px
+inputs) and ``small_cnn``, a 5-conv network for 2-core CPU runs on 28 px images. Heads: the paper's 2-layer MLP
+(Linear-BN-ReLU-Linear, 2048-2048-128 on ResNet-50), a linear layer, or none (z is the backbone feature).
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def small_cnn(channels: int, width: int) -> tuple[nn.Module, int]:
+    w = width
+    net = nn.Sequential(
+        *_block(channels, w), *_block(w, w), nn.MaxPool2d(2),
+        *_block(w, 2 * w), *_block(2 * w, 2 * w), nn.MaxPool2d(2),
+        *_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return net, 4 * w
+
+
+def resnet(arch: str, channels: int, small_stem: bool) -> tuple[nn.Module, int]:
+    net = getattr(torchvision.models, arch)(weights=None)
+    if small_stem or channels != 3:
+        k, s, p = (3, 1, 1) if small_stem else (7, 2, 3)
+        net.conv1 = nn.Conv2d(channels, 64, k, s, p, bias=False)
+    if small_stem:
+        net.maxpool = nn.Identity()
+    feat = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, feat
+
+
+class PICModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, channels: int):
+        super().__init__()
+        if cfg.arch == "small_cnn":
+            self.backbone, self.feat_dim = small_cnn(channels, cfg.width)
+        else:
+            self.backbone, self.feat_dim = resnet(cfg.arch, channels, cfg.small_stem)
+        if cfg.head == "mlp":
+            self.head = nn.Sequential(nn.Linear(self.feat_dim, cfg.head_hidden), nn.BatchNorm1d(cfg.head_hidden),
+                                      nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, cfg.dim))
+            self.out_dim = cfg.dim
+        elif cfg.head == "linear":
+            self.head = nn.Linear(self.feat_dim, cfg.dim)
+            self.out_dim = cfg.dim
+        else:
+            self.head = nn.Identity()
+            self.out_dim = self.feat_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, feat_dim): what kNN and the linear probe see."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> z (B, d)."""
+        return self.head(self.backbone(x))

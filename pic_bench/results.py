@@ -1,0 +1,172 @@
+"""Result rows: one JSON line per run, with provenance, appended atomically under ``results/rows/``.
+
+A row is written with a single ``write`` of one line while holding an exclusive ``fcntl`` lock on the file, so
+many SLURM array tasks can finish at once without interleaving; a row whose (ablation, config hash, seed,
+preset) is already present is not written again, so a requeued task never duplicates its row.
+``read_rows`` returns the valid rows and reports malformed lines by file and line number.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, config_hash, to_dict
+
+DEFAULT_RESULTS = Path("results")
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"git_sha": None, "git_dirty": None}
+        return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": None, "git_dirty": None}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("torchvision", "numpy", "nvidia.dali", "submitit"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            out[mod.split(".")[-1]] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001 - an absent optional library is recorded as absent
+            out[mod.split(".")[-1]] = None
+    return out
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} x{os.cpu_count()} ({torch.get_num_threads()} torch threads)"
+
+
+def device_key(name: str) -> str:
+    """A short, file-name-safe machine key: 'cpu2' or the GPU's name."""
+    if name.startswith("cpu"):
+        return f"cpu{os.cpu_count()}"
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+
+
+def provenance(device: torch.device | str) -> dict[str, Any]:
+    return {
+        **git_state(), "versions": versions(), "device": device_name(device), "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
+    }
+
+
+def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, status: str,
+             metrics: dict[str, Any], derived: dict[str, Any], device, error: str | None = None,
+             kind: str = "pic") -> dict[str, Any]:
+    return {
+        "ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "config_hash": config_hash(cfg),
+        "seed": cfg.run.seed, "status": status, "error": error, "metrics": metrics, "derived": derived,
+        "config": to_dict(cfg), **provenance(device),
+    }
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    return (row.get("ablation"), row.get("kind"), row.get("preset"), row.get("config_hash"), row.get("seed"))
+
+
+def rows_file(results_dir: Path, ablation: str) -> Path:
+    return Path(results_dir) / "rows" / f"{ablation}.jsonl"
+
+
+def append_row(row: dict[str, Any], results_dir: Path = DEFAULT_RESULTS, replace_failed: bool = True) -> bool:
+    """Appends ``row`` unless a successful row with the same key exists. Returns whether it was written.
+
+    The check and the append happen under one exclusive lock, so concurrent writers never duplicate a row.
+    """
+    path = rows_file(results_dir, row["ablation"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, sort_keys=True, default=str) + "\n"
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            key = row_key(row)
+            for raw in f:
+                try:
+                    old = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue
+                if row_key(old) == key and old.get("status") == "ok":
+                    return False
+            f.seek(0, os.SEEK_END)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+            return True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class RowProblem:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+REQUIRED = ("ablation", "preset", "config_hash", "seed", "status", "metrics", "config")
+
+
+def read_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None
+              ) -> tuple[list[dict[str, Any]], list[RowProblem]]:
+    """All valid rows (of one ablation, or all) and the problems found, by file and line."""
+    rows, problems = [], []
+    folder = Path(results_dir) / "rows"
+    files = sorted(folder.glob("*.jsonl")) if ablation is None else [rows_file(results_dir, ablation)]
+    for path in files:
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    problems.append(RowProblem(str(path), n, f"malformed JSON ({e.msg})"))
+                    continue
+                missing = [k for k in REQUIRED if k not in row] if isinstance(row, dict) else list(REQUIRED)
+                if missing:
+                    problems.append(RowProblem(str(path), n, f"missing field(s) {missing}"))
+                    continue
+                rows.append(row)
+    return rows, problems
+
+
+def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str, seed: int) -> bool:
+    rows, _ = read_rows(results_dir, ablation)
+    return any(row_key(r) == (ablation, kind, preset, chash, seed) and r["status"] == "ok" for r in rows)
