@@ -27,11 +27,9 @@ class RecentNegatives:
         if self.full:
             return
         B = index.numel()
-        if B >= self.K:
-            self.ring.copy_(index[-self.K:])
-        else:
-            pos = (self.count + torch.arange(B, device=self.device)) % self.K
-            self.ring[pos] = index
+        take = index[-self.K:] if B > self.K else index  # only the last K can survive
+        first = self.count + B - take.numel()
+        self.ring[(first + torch.arange(take.numel(), device=self.device)) % self.K] = take
         self.count += B
 
     def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

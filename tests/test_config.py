@@ -1,0 +1,88 @@
+import pytest
+
+from pic_bench.config import (Config, ConfigError, apply, build, config_hash, load_ablation, parse_cli_overrides,
+                              validate)
+
+
+def test_defaults_are_the_papers_main_setting():
+    c = Config()
+    assert (c.pic.softmax, c.pic.tau, c.pic.K, c.pic.correction, c.pic.scheduler) == ("cosine", 0.2, 65536, True,
+                                                                                      "sliding")
+    assert (c.pic.D, c.pic.S, c.model.head, c.model.dim, c.data.aug) == (131072, 16384, "mlp", 128, "strong")
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        Config().pic.tau = 1.0  # type: ignore[misc]
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: bad\noverrides: {pic.tua: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*pic\.tua"):
+        load_ablation(f)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    f = tmp_path / "bad_type.yaml"
+    f.write_text("name: t\nsweep:\n  pic.K: [4096, 'many']\n")
+    with pytest.raises(ConfigError, match=r"bad_type\.yaml.*'pic\.K' expects int"):
+        load_ablation(f)
+
+
+def test_bad_choice_and_bad_section_are_refused():
+    with pytest.raises(ConfigError, match="pic.softmax"):
+        apply(Config(), {"pic.softmax": "cosin"}, "cli")
+    with pytest.raises(ConfigError, match="unknown config key 'picc.K'"):
+        apply(Config(), {"picc.K": 3}, "cli")
+    with pytest.raises(ConfigError, match="unknown top-level"):
+        import tempfile, pathlib
+        p = pathlib.Path(tempfile.mkdtemp()) / "x.yaml"
+        p.write_text("name: x\nsweeep: {}\n")
+        load_ablation(p)
+
+
+def test_cli_overrides_parse_yaml_scalars():
+    o = parse_cli_overrides(["pic.K=1024", "pic.correction=false", "pic.tau=0.1", "data.root=/x"])
+    assert o == {"pic.K": 1024, "pic.correction": False, "pic.tau": 0.1, "data.root": "/x"}
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_cli_overrides(["pic.K"])
+
+
+def test_sweep_product_zip_and_cells(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\ncells: [{pic.scheduler: epoch}, {pic.scheduler: sliding}]\n"
+                 "sweep:\n  pic.K: [256, 0]\n  'pic.D,pic.S': [[512, 64], [1024, 128]]\nseeds: [0, 1]\n")
+    a = load_ablation(f)
+    cells = a.cell_overrides()
+    assert len(cells) == 2 * 2 * 2
+    assert {"pic.scheduler": "epoch", "pic.K": 256, "pic.D": 1024, "pic.S": 128} in cells
+    resolved = a.resolve("smoke")
+    assert resolved[0][1].pic.scheduler == "epoch" and resolved[0][1].data.dataset == "digits"
+
+
+def test_zip_arity_is_checked(tmp_path):
+    f = tmp_path / "z.yaml"
+    f.write_text("name: z\nsweep:\n  'pic.D,pic.S': [[512]]\n")
+    with pytest.raises(ConfigError, match="zips 2 keys"):
+        load_ablation(f)
+
+
+def test_config_hash_ignores_seed_but_not_settings():
+    a = build("smoke")
+    assert config_hash(a) == config_hash(apply(a, {"run.seed": 5}, "t"))
+    assert config_hash(a) != config_hash(apply(a, {"pic.K": 32}, "t"))
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="pic.S <= pic.D"):
+        validate(apply(Config(), {"pic.S": 10, "pic.D": 5}, "t"))
+    with pytest.raises(ConfigError, match="smaller than the batch"):
+        validate(apply(Config(), {"pic.K": 8}, "t"))
+
+
+def test_presets_are_valid():
+    for p in ("smoke", "small", "paper"):
+        validate(build(p))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build("huge")
