@@ -1,0 +1,99 @@
+"""Resume correctness: a run stopped and resumed from its checkpoint ends bit-exact with an uninterrupted one
+(CPU, run.deterministic=true, smoke preset). This is what makes a SLURM requeue invisible in the results."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pic_bench.config import build
+from pic_bench.train import Preempted, Trainer
+
+
+class Killed(RuntimeError):
+    """Stands for SIGKILL: the run dies without saving anything."""
+
+
+def smoke_cfg(**extra):
+    return build("smoke", {"run.deterministic": True, "optim.epochs": 2, **extra})  # 16 steps
+
+
+def stop_at(calls: set[int], exc: type[Exception] | None = None):
+    """should_stop() that says yes (or raises ``exc``) on the given call numbers (one call per step)."""
+    n = [0]
+
+    def should_stop() -> bool:
+        n[0] += 1
+        if n[0] in calls and exc is not None:
+            raise exc(f"killed at call {n[0]}")
+        return n[0] in calls
+    return should_stop
+
+
+def assert_same_state(a: Trainer, b: Trainer) -> None:
+    assert a.step == b.step
+    assert a.meters.losses == b.meters.losses  # every step's loss, float for float
+    assert torch.equal(a.w, b.w) and torch.equal(a.u, b.u)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for (ka, va), (kb, vb) in zip(a.opt.state_dict()["state"].items(), b.opt.state_dict()["state"].items()):
+        assert torch.equal(va["momentum_buffer"], vb["momentum_buffer"]), ka
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    t = Trainer(smoke_cfg())
+    metrics = t.train()
+    return t, metrics
+
+
+@pytest.mark.parametrize("stops", [{1}, {7}, {3, 9, 14}], ids=["at-start", "mid-window", "three-requeues"])
+def test_resume_on_signal_is_bit_exact(uninterrupted, tmp_path, stops):
+    """Each stop saves a checkpoint (what submitit's checkpoint signal triggers); a fresh Trainer resumes."""
+    ref, ref_metrics = uninterrupted
+    ckpt = tmp_path / "run.pt"
+    calls, stopped_at = sorted(stops), []
+    t = Trainer(smoke_cfg())
+    for i, call in enumerate(calls):
+        # calls are counted per segment: the n-th should_stop() of this segment is step (previous stop + n - 1)
+        local = call - (calls[i - 1] - 1 if i else 0)
+        with pytest.raises(Preempted):
+            t.train(should_stop=stop_at({local}), checkpoint=ckpt)
+        stopped_at.append(t.step)
+        t = Trainer(smoke_cfg())
+        t.load(ckpt)
+        assert t.step == stopped_at[-1]
+    metrics = t.train(checkpoint=ckpt)
+    assert stopped_at == [c - 1 for c in calls]
+    assert_same_state(ref, t)
+    assert metrics["final_loss"] == ref_metrics["final_loss"]
+    assert t.negatives.count == ref.negatives.count and torch.equal(t.negatives.ring, ref.negatives.ring)
+
+
+def test_resume_from_periodic_checkpoint_after_a_kill(uninterrupted, tmp_path):
+    """A kill without a signal (plain requeue, SIGKILL) loses only the steps since the last periodic checkpoint."""
+    ref, _ = uninterrupted
+    ckpt = tmp_path / "run.pt"
+    cfg = smoke_cfg(**{"run.checkpoint_every": 5})
+    t = Trainer(cfg)
+    with pytest.raises(Killed):
+        t.train(should_stop=stop_at({13}, Killed), checkpoint=ckpt)  # dies before step 12, nothing saved then
+    assert t.step == 12
+    t = Trainer(cfg)
+    t.load(ckpt)
+    assert t.step == 10  # the last periodic checkpoint
+    t.train(checkpoint=ckpt)
+    assert_same_state(ref, t)
+
+
+def test_checkpoint_holds_every_piece_of_state(tmp_path):
+    t = Trainer(smoke_cfg())
+    with pytest.raises(Preempted):
+        t.train(should_stop=stop_at({4}), checkpoint=tmp_path / "c.pt")
+    sd = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert sd["step"] == 3
+    assert {"model", "opt", "w", "u", "meters", "rng"} <= set(sd)
+    assert set(sd["rng"]) >= {"torch", "numpy", "python"}
+    assert len(sd["meters"]["losses"]) == 3
+    assert torch.equal(sd["w"], t.w) and torch.equal(sd["u"], t.u)
