@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .config import Config
 from .data import Batch
 from .data.loaders import build_loader
@@ -132,6 +133,9 @@ class Trainer:
         self.derived["loader"] = self.loader.name
         # --- model and its optimizer
         self.model = PICModel(cfg.model, self.source.channels).to(self.device)
+        # --- data parallel across ranks (a no-op in one process; how PIC is split: see distributed.py)
+        self.dist = distributed.current()
+        self.model = self.dist.prepare_model(self.model)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.derived["lr"], momentum=o.momentum,
                                    weight_decay=o.weight_decay)
         # --- the instance classifier: w and u live outside the optimizer, so the sparse update is explicit
@@ -169,6 +173,8 @@ class Trainer:
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
 
     def save(self, path: Path) -> None:
+        if not self.dist.is_main:  # ranks hold identical state; rank 0 writes it
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -187,16 +193,18 @@ class Trainer:
         U, target = self.negatives.select(batch.index)  # (|U|,), (B,)
         w_U = (self.w if U.numel() == self.N else self.w.index_select(0, U)).detach().float().requires_grad_()
         cosine = p.softmax == "cosine"
-        losses = [pic_loss(self.model(x), w_U, target, p.tau, cosine) for x in batch.views]
+        lo, hi = self.dist.shard(target.numel())  # this rank's rows of the global batch (all of them in one process)
+        losses = [pic_loss(self.model(x[lo:hi]), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
         for x in batch.small_views:  # multi-crop small views train the network only (w detached, as official)
-            losses.append(torch.nn.functional.cross_entropy(pic_logits(self.model(x), w_U.detach(), p.tau, cosine),
-                                                            target))
+            losses.append(torch.nn.functional.cross_entropy(
+                pic_logits(self.model(x[lo:hi]), w_U.detach(), p.tau, cosine), target[lo:hi]))
         loss = torch.stack(losses).mean()
-        value = float(loss.detach())
+        value = self.dist.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
         if not math.isfinite(value):
             raise NonFiniteLoss(f"non-finite loss {value} at step {self.step} (lr {lr:.4g})")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients([*self.model.parameters(), w_U])  # -> gradient of the global-batch loss
         self.opt.step()
         update_rows(self.w, self.u, U, w_U.grad, lr, cfg.optim.momentum, cfg.optim.weight_decay, p.correction)
         return value
@@ -211,7 +219,7 @@ class Trainer:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         try:
             while self.step < steps:
-                if should_stop():
+                if self.dist.agree(should_stop()):  # every rank stops at the same step
                     if checkpoint is not None:
                         self.meters.wall_s += time.perf_counter() - start_wall
                         self.save(checkpoint)

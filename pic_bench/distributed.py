@@ -1,0 +1,228 @@
+"""Data-parallel PIC across processes (ranks) with torch.distributed: gloo on CPU, NCCL on GPU.
+
+    python -m pic_bench.run ablations/negatives_k.yaml paper --executor slurm \\
+        --slurm tasks_per_node=4 gpus_per_node=4        # one rank per GPU, initialised from SLURM (submitit)
+
+The principle: a W-rank run is the one-process algorithm with the same global batch B = W * b, only with the
+backbone's work split by rows of the batch. Concretely:
+
+- **Data.** Every rank iterates the same global batch stream (the loader is built exactly as in one process, so
+  the augmentation draws are those of a one-process run) and trains on its rows ``[r*b, (r+1)*b)``. The price:
+  each rank decodes and augments the whole global batch (W-fold loading work); the backbone's forward and
+  backward, the costly part, is split. Loading only a rank's rows would need augmentation seeded per stream
+  position instead of per step (a change to the loader, not made here).
+- **Instance classifier: replicated.** Every rank holds all of w and u (N, d). The recent-negatives ring is fed
+  the *global* batch's indices (all B of them), so U and every target are the same on every rank. Each rank's
+  loss is the mean over its rows; the gradients of the backbone and of w_U are all-reduced and divided by W,
+  which is the gradient of the global-batch mean loss. Every rank then applies the same optimizer step and the
+  same sparse update of w[U], u[U] (correction) from the same inputs, so the replicas stay identical without
+  ever sending w: the traffic per step is the backbone's gradients plus |U| x d for w_U (K = 65536, d = 128:
+  32 MiB in float32). Sharding w by instance would cut memory at N in the millions; at ImageNet's 1.28 M x 128
+  floats (0.6 GiB for w and u) replication is simpler and exact.
+- **BatchNorm** uses the global batch's statistics (``GlobalBatchNorm``, sums all-reduced with autograd), so
+  the function computed equals the one-process one; torch's SyncBatchNorm is GPU-only, this works on both.
+- **Agreement.** The loss value, the finite-loss check and the stop request (preemption) are all-reduced every
+  step, so every rank stops, or fails, at the same step. Only rank 0 writes checkpoints and result rows; every
+  rank resumes from the same checkpoint.
+
+A 2-process CPU run matches a 1-process run with the same global batch within float rounding (the test allows
+1e-4 relative on every loss and parameter after 8 steps: all-reduce and BatchNorm sums are ordered differently).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class Single:
+    """One process: every call is a no-op, so ``train.py`` has one code path."""
+
+    rank, world = 0, 1
+    is_main = True
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's rows [lo, hi) of a global batch of n."""
+        return 0, n
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
+        return None
+
+
+class DataParallel(Single):
+    """W ranks of one process group (``torch.distributed`` already initialised)."""
+
+    def __init__(self):
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.device = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def shard(self, n: int) -> tuple[int, int]:
+        if n % self.world:
+            raise ValueError(f"the global batch ({n} images) does not split over {self.world} ranks: "
+                             f"set optim.batch_size to a multiple of {self.world} (and data.on_bad_image=error)")
+        b = n // self.world
+        return self.rank * b, (self.rank + 1) * b
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = GlobalBatchNorm.convert(model)
+        with torch.no_grad():  # seeded alike already; the broadcast makes it a guarantee
+            for t in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(t.data, src=0)
+        return model
+
+    def mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if it is True on any (a stop request reaches rank 0 only)."""
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t)
+
+    def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
+        """grad <- mean over ranks, for every tensor that has one: one flat all-reduce (a single bucket)."""
+        grads = [t.grad for t in tensors if t.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def current() -> Single:
+    """The running process group as a ``DataParallel``, or ``Single`` when there is none (or only one rank)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return DataParallel()
+    return Single()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients (every rank's output
+    depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are over the global batch (all ranks); eval uses running stats.
+
+    Mean and (biased) variance come from all-reduced per-channel sums of x and x^2 and the row count, through
+    a differentiable all-reduce, so gradients flow to every rank's rows as they would
+    in one process. Running statistics are updated as ``nn.BatchNorm`` does (unbiased variance).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        dims = [0] + list(range(2, x.dim()))  # every axis but the channels
+        n_local = x.numel() // x.shape[1]
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims),
+                           torch.tensor([float(n_local)], dtype=x.dtype, device=x.device)])  # (2C + 1,)
+        stats = _AllReduceSum.apply(stats)
+        C = x.shape[1]
+        n = stats[-1]
+        mean = stats[:C] / n  # (C,)
+        var = (stats[C:2 * C] / n - mean * mean).clamp_min(0)  # (C,) biased, as BatchNorm normalises with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        shape = [1, C] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replaces every BatchNorm{1,2,3}d in ``module`` by a GlobalBatchNorm holding the same tensors."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            new.load_state_dict(module.state_dict())
+            new.train(module.training)
+            return new.to(next(iter(module.state_dict().values())).device)
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child))
+        return module
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+
+def env_rank_world() -> tuple[int, int, int] | None:
+    """(rank, local rank, world size) from torchrun's or SLURM's variables; None outside a multi-rank launch."""
+    e = os.environ
+    if "RANK" in e and "WORLD_SIZE" in e:
+        return int(e["RANK"]), int(e.get("LOCAL_RANK", 0)), int(e["WORLD_SIZE"])
+    if "SLURM_PROCID" in e and "SLURM_NTASKS" in e and "SLURM_STEP_ID" in e:
+        return int(e["SLURM_PROCID"]), int(e.get("SLURM_LOCALID", 0)), int(e["SLURM_NTASKS"])
+    return None
+
+
+def init_from_env(device: str = "auto") -> Single:
+    """Initialises the process group from the launch environment and returns ``current()``.
+
+    Inside a submitit SLURM job the master address and port come from ``submitit.helpers``'
+    ``TorchDistributedEnvironment`` (first node of the job, a port derived from the job id); under torchrun from
+    its variables. One rank means no process group. NCCL when CUDA is used, gloo otherwise; each rank takes the
+    GPU of its local rank.
+    """
+    if dist.is_initialized():
+        return current()
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        # keeps every GPU visible and picks cuda:local_rank below (a rank may use the others' for nothing)
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    found = env_rank_world()
+    if found is None or found[2] == 1:
+        return Single()
+    rank, local_rank, world = found
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    return current()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
