@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", default="local", choices=["local", "slurm", "auto"],
                     help="local (in-process), slurm (submitit job array) or auto (slurm when sbatch is on PATH)")
     ap.add_argument("--cluster", default="slurm/cluster.yaml", help="cluster resources file for --executor slurm")
+    ap.add_argument("--slurm", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="with slurm: override cluster-file keys, e.g. --slurm time_min=30 partition=gpu")
     ap.add_argument("--wait", action="store_true", help="with slurm: block until every task has finished")
     ap.add_argument("--dry-run", action="store_true", help="list the tasks and exit")
     ap.add_argument("-q", "--quiet", action="store_true")
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if executor == "slurm":
         from . import launch
 
-        return launch.submit(tasks, args.cluster, wait=args.wait, results_dir=Path(args.results))
+        return launch.submit(tasks, args.cluster, wait=args.wait, results_dir=Path(args.results),
+                             overrides=args.slurm, quiet=args.quiet)
     run_local(tasks, quiet=args.quiet)
     from .tables import build_table
 

@@ -1,0 +1,453 @@
+"""Submits an ablation to SLURM as one job array through submitit: one array task per sweep cell x seed.
+
+    python -m pic_bench.run ablations/negatives_k.yaml paper --executor slurm                  # slurm/cluster.yaml
+    python -m pic_bench.run ablations/negatives_k.yaml paper --executor slurm --slurm time_min=240 partition=gpu
+    python -m pic_bench.status negatives_k                                                        # what landed
+
+Cluster resources live in ``slurm/cluster.yaml`` (strictly checked: an unknown key, a partition that ``sinfo``
+does not list, or a time limit too short for one checkpoint interval is refused before anything is submitted)
+and on the command line, never in ablation files. Submission prints the array id and returns; ``--wait``
+blocks with a progress bar. Running the same command again skips tasks whose row exists and tasks still queued
+from an earlier submission, and resubmits the missing or failed ones.
+
+Preemption and time limits: each array task is a submitit ``Checkpointable``. SLURM sends SIGUSR2
+``signal_delay_s`` before the time limit (and ``scancel --signal=USR2`` does the same); submitit calls
+``ArrayTask.checkpoint``, which asks the training loop to stop at the next step boundary (the loop runs in a
+worker thread, so the checkpoint is never taken mid-step), waits for it to save, and submitit requeues the job;
+the requeued job resumes from the checkpoint. A plain ``scontrol requeue`` or a partition preemption may send
+only SIGTERM: periodic checkpoints (``checkpoint_every`` steps) bound what is lost then.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+from .config import ConfigError, apply, config_hash
+from .run import Task, run_task
+
+STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    partition: str = ""  # SLURM partition ("" = the cluster's default); checked against sinfo
+    account: str = ""  # --account ("" = your default)
+    qos: str = ""  # --qos ("" = none)
+    nodes: int = 1  # nodes per task; data-parallel ranks = nodes x tasks_per_node
+    tasks_per_node: int = 1  # data-parallel ranks per node (one per GPU)
+    gpus_per_node: int = 0  # GPUs per node
+    cpus_per_task: int = 1  # CPU cores per rank
+    mem_gb: float = 4  # memory per node, GB
+    time_min: int = 60  # time limit of one job segment, minutes (a requeued job gets a fresh one)
+    signal_delay_s: int = 90  # SIGUSR2 this long before the time limit: checkpoint and requeue
+    max_requeues: int = 5  # time-outs and preemptions a task may go through before it gives up
+    checkpoint_every: int = 200  # periodic checkpoint every this many steps, for tasks with run.checkpoint_every=0
+    step_s: float = 0.0  # expected seconds per step here, for the time-limit check (0 = from landed rows)
+    array_parallelism: int = 64  # array tasks running at once
+    folder: str = "slurm/logs"  # submitit's pickles and logs (one sub-folder per job array)
+    setup: list = field(default_factory=list)  # shell lines run before each task (module load, venv activate)
+    extra_sbatch: dict = field(default_factory=dict)  # more sbatch flags, e.g. {constraint: a100, exclude: node7}
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
+    if typ in ("int", int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ in ("float", float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ in ("str", str):
+        value = "" if value is None else value
+        ok = isinstance(value, str)
+    elif typ in ("list", list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif typ in ("dict", dict):
+        value = value or {}
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover
+        raise ConfigError(f"{where}: key '{key}' has an unsupported type {typ}")
+    if not ok:
+        raise ConfigError(f"{where}: key '{key}' expects {getattr(typ, '__name__', typ)}, got {value!r}")
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['time_min=30', 'partition=gpu'] -> {'time_min': 30, 'partition': 'gpu'} (YAML scalars)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--slurm: '{item}' is not key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v != "" else ""
+    return out
+
+
+def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ClusterConfig:
+    """The cluster file (strict: unknown key or wrong type = error naming the key and file), then overrides."""
+    cc = ClusterConfig()
+    fields = {f.name: f.type for f in dataclasses.fields(ClusterConfig)}
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"cluster file not found: {path} (copy slurm/cluster.yaml and edit it)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: must be a mapping of cluster settings")
+        layers.append((str(path), raw))
+    layers.append(("command line (--slurm)", overrides or {}))
+    for where, raw in layers:
+        for key, value in raw.items():
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown cluster key '{key}' (known: {sorted(fields)})")
+            cc = dataclasses.replace(cc, **{key: _coerce(key, value, fields[key], where)})
+    for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
+        if getattr(cc, key) < 1:
+            raise ConfigError(f"cluster: '{key}' must be >= 1, got {getattr(cc, key)}")
+    for key in ("gpus_per_node", "signal_delay_s", "max_requeues", "checkpoint_every"):
+        if getattr(cc, key) < 0:
+            raise ConfigError(f"cluster: '{key}' must be >= 0, got {getattr(cc, key)}")
+    if cc.mem_gb <= 0 or cc.step_s < 0:
+        raise ConfigError(f"cluster: need mem_gb > 0 and step_s >= 0, got {cc.mem_gb}, {cc.step_s}")
+    return cc
+
+
+def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def partitions() -> list[str]:
+    """Partitions that ``sinfo`` lists (the default one marked with a trailing '*' removed)."""
+    if shutil.which("sinfo") is None:
+        raise ConfigError("sinfo not found: --executor slurm needs SLURM's client commands "
+                          "(on one machine: sudo bash slurm/local_cluster/up.sh)")
+    try:
+        r = _run(["sinfo", "-h", "-o", "%P"])
+    except subprocess.TimeoutExpired:
+        raise ConfigError("sinfo did not answer in 30 s: is slurmctld reachable?") from None
+    if r.returncode != 0:
+        raise ConfigError(f"sinfo failed (is the cluster up?): {r.stderr.strip()}")
+    return [p.strip().rstrip("*") for p in r.stdout.split() if p.strip()]
+
+
+def landed_step_s(results_dir: Path, ablation: str, preset: str) -> float | None:
+    """Median step time (s) of this ablation's landed rows at this preset, or None."""
+    from .results import read_rows
+
+    rows, _ = read_rows(results_dir, ablation)
+    ms = [r["metrics"].get("step_ms_median") for r in rows
+          if r.get("preset") == preset and r.get("status") == "ok" and r.get("kind", "pic") == "pic"]
+    ms = [m for m in ms if isinstance(m, (int, float)) and m == m]
+    return statistics.median(ms) / 1000 if ms else None
+
+
+def checkpoint_every(task: Task, cc: ClusterConfig) -> int:
+    return task.cfg.run.checkpoint_every or cc.checkpoint_every
+
+
+def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster") -> None:
+    """Refuses, before anything is submitted: a partition sinfo does not list; a time limit that leaves no
+    time to train or cannot hold one checkpoint interval (step time from ``step_s`` or the landed rows)."""
+    known = partitions()
+    if cc.partition and cc.partition not in known:
+        raise ConfigError(f"{where}: partition '{cc.partition}' does not exist on this cluster "
+                          f"(sinfo lists: {', '.join(known) or 'none'})")
+    usable = cc.time_min * 60 - cc.signal_delay_s - STARTUP_S
+    if usable <= 0:
+        raise ConfigError(
+            f"{where}: time_min={cc.time_min} is too short: the checkpoint signal comes signal_delay_s="
+            f"{cc.signal_delay_s} s before the limit and a job needs about {STARTUP_S} s to start, which leaves "
+            f"{usable} s to train")
+    for ablation, preset in sorted({(t.ablation, t.preset) for t in tasks if t.kind == "pic"}):
+        step_s = cc.step_s or landed_step_s(results_dir, ablation, preset)
+        if not step_s:
+            continue
+        every = max(checkpoint_every(t, cc) for t in tasks if (t.ablation, t.preset) == (ablation, preset))
+        need = every * step_s
+        if every and need > usable:
+            src = "step_s" if cc.step_s else f"the median step time of {ablation}'s landed {preset} rows"
+            raise ConfigError(
+                f"{where}: time_min={cc.time_min} is too short for one checkpoint interval: {every} steps x "
+                f"{step_s:.3g} s/step ({src}) = {need:.0f} s, but a job segment has {usable} s to train "
+                f"(time_min x 60 - signal_delay_s - {STARTUP_S} s start-up); raise time_min or lower "
+                f"checkpoint_every")
+
+
+# ---- what runs inside an array task
+
+class ArrayTask(submitit.helpers.Checkpointable):
+    """The callable submitit pickles for each array task (see ``checkpoint`` for the preemption path)."""
+
+    def __init__(self, signal_delay_s: int = 90):
+        self.signal_delay_s = signal_delay_s
+        self.requeue_wait_s = signal_delay_s + 60  # how long a stopped task waits to be ended by the requeue
+        self._stop: threading.Event | None = None
+        self._worker: threading.Thread | None = None
+
+    def __getstate__(self) -> dict:
+        return {"signal_delay_s": self.signal_delay_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def __call__(self, task: Task) -> dict[str, Any] | None:
+        from . import distributed
+        from .train import Preempted
+
+        ctx = distributed.init_from_env(task.cfg.run.device)
+        try:
+            if ctx.is_main and task.done():  # a requeue that raced the row, or a resubmission
+                return {"name": task.name, "status": "ok", "skipped": True}
+            self._stop = threading.Event()
+            out: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    out["row"] = run_task(task, self._stop.is_set) if ctx.is_main else follow(task, self._stop.is_set)
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                    out["error"] = e
+
+            self._worker = threading.Thread(target=work, name=f"pic_bench {task.name}", daemon=True)
+            self._worker.start()
+            while self._worker.is_alive():
+                self._worker.join(timeout=1.0)  # short joins: the main thread stays free for SLURM's signals
+            error = out.get("error")
+            if isinstance(error, Preempted):
+                # submitit's signal handler is requeuing this job and exits the process (rank 0); other ranks
+                # stopped with it and wait to be ended by the requeue
+                time.sleep(self.requeue_wait_s)
+                raise RuntimeError(f"stopped for a requeue that did not come within {self.requeue_wait_s} s")
+            if error is not None:
+                raise error
+            row = out.get("row")
+            return None if row is None else {"name": task.name, "status": row["status"],
+                                             "metrics": row.get("metrics", {})}
+        finally:
+            distributed.shutdown()
+
+    def checkpoint(self, task: Task) -> Any:
+        """Called by submitit on SIGUSR2 (time limit or preemption), in the main thread: the training loop
+        stops at the next step boundary and saves its checkpoint; then submitit requeues the same task."""
+        from submitit.helpers import DelayedSubmission
+
+        if self._stop is not None:
+            self._stop.set()
+        if self._worker is not None:
+            # bounded: if the task is evaluating, it resumes from its last checkpoint (or skips if its row lands)
+            self._worker.join(timeout=max(5, self.signal_delay_s - 15))
+        return DelayedSubmission(ArrayTask(self.signal_delay_s), task)
+
+
+def follow(task: Task, should_stop) -> None:
+    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint); rank 0 alone
+    evaluates and writes the row."""
+    from .train import Trainer
+
+    trainer = Trainer(task.cfg)
+    if task.checkpoint.is_file():
+        trainer.load(task.checkpoint)
+    trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
+    return None
+
+
+# ---- submission, manifests, waiting
+
+def manifest_file(results_dir: Path, ablation: str) -> Path:
+    return Path(results_dir) / "slurm" / f"{ablation}.jsonl"
+
+
+def task_key(task: Task) -> list:
+    return [task.ablation, task.kind, task.preset, config_hash(task.cfg), task.cfg.run.seed]
+
+
+def read_manifest(results_dir: Path, ablation: str) -> dict[tuple, dict[str, Any]]:
+    """The latest submission of every task key of an ablation."""
+    path = manifest_file(results_dir, ablation)
+    latest: dict[tuple, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[tuple(e["key"])] = e
+    return latest
+
+
+def queue_states(job_ids: list[str] | None = None) -> dict[str, tuple[str, str]]:
+    """{array job id '123_4' or job id: (state, reason)} for jobs that squeue still lists."""
+    try:
+        r = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1], parts[2])
+    return out
+
+
+def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, exit code)} from sacct (empty when accounting is off or slow)."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        r = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode"], timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1].split()[0], parts[2])
+    return out
+
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+          "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = False,
+           results_dir: Path = Path("results"), overrides: dict[str, Any] | list[str] | None = None,
+           poll_s: float = 10.0, quiet: bool = False) -> int:
+    """Validates the cluster settings, then submits every task without a row as one job array.
+
+    Returns 0 (with ``wait``: 0 when every task landed an ok row, 1 otherwise); 2 for bad cluster settings.
+    """
+    results_dir = Path(results_dir)
+    try:
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        cc = load_cluster(cluster_path, overrides)
+        validate(cc, tasks, results_dir, where=str(cluster_path or "cluster"))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    todo, skipped_done, skipped_queued = [], 0, []
+    followed: dict[str, Any] = {}  # task name -> submitit job, for --wait
+    queue = queue_states()
+    manifests: dict[str, dict] = {}
+    for t in tasks:
+        if t.done():
+            skipped_done += 1
+            continue
+        m = manifests.setdefault(t.ablation, read_manifest(results_dir, t.ablation))
+        prev = m.get(tuple(task_key(t)))
+        if prev and prev["job_id"] in queue and queue[prev["job_id"]][0] in ACTIVE:
+            skipped_queued.append(prev["job_id"])
+            followed[t.name] = submitit.SlurmJob(folder=Path(cc.folder) / "%j", job_id=prev["job_id"])
+            continue
+        todo.append(t)
+    if skipped_done:
+        print(f"skipping {skipped_done} task(s) whose row already exists", file=sys.stderr)
+    if skipped_queued:
+        print(f"skipping {len(skipped_queued)} task(s) still queued or running: {', '.join(skipped_queued)}",
+              file=sys.stderr)
+    jobs = []
+    if todo:
+        todo = [t if t.cfg.run.checkpoint_every else  # run.* is outside the config hash: the cell is unchanged
+                dataclasses.replace(t, cfg=apply(t.cfg, {"run.checkpoint_every": cc.checkpoint_every}, "cluster"))
+                for t in todo]
+        ex = submitit.SlurmExecutor(folder=Path(cc.folder) / "%j", max_num_timeout=cc.max_requeues)
+        params: dict[str, Any] = dict(
+            job_name=f"pic_{todo[0].ablation}", time=cc.time_min, nodes=cc.nodes, ntasks_per_node=cc.tasks_per_node,
+            cpus_per_task=cc.cpus_per_task, mem=f"{int(cc.mem_gb * 1024)}MB", signal_delay_s=cc.signal_delay_s,
+            array_parallelism=cc.array_parallelism, setup=list(cc.setup), additional_parameters=dict(cc.extra_sbatch))
+        for key in ("partition", "account", "qos"):
+            if getattr(cc, key):
+                params[key] = getattr(cc, key)
+        if cc.gpus_per_node:
+            params["gpus_per_node"] = cc.gpus_per_node
+        ex.update_parameters(**params)
+        jobs = ex.map_array(ArrayTask(cc.signal_delay_s), todo)
+        array_id = jobs[0].job_id.split("_")[0]
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for t, j in zip(todo, jobs):
+            path = manifest_file(results_dir, t.ablation)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            entry = {"key": task_key(t), "name": t.name, "cell": t.cell, "job_id": j.job_id, "array_id": array_id,
+                     "folder": str(Path(cc.folder) / array_id), "stdout": str(j.paths.stdout),
+                     "stderr": str(j.paths.stderr), "submitted": now}
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            followed[t.name] = j
+        print(f"submitted {len(jobs)} task(s) as job array {array_id} (logs: {Path(cc.folder) / array_id}); "
+              f"follow with: python -m pic_bench.status {todo[0].ablation}")
+    else:
+        print("nothing to submit")
+    if not wait:
+        return 0
+    code = wait_for(tasks, followed, poll_s=poll_s, quiet=quiet)
+    from .tables import build_table
+
+    for results, abl, preset in sorted({(t.results_dir, t.ablation, t.preset) for t in tasks}):
+        print(build_table(abl, Path(results), preset=preset, write=True))
+    return code
+
+
+def wait_for(tasks: list[Task], jobs: dict[str, Any], poll_s: float = 10.0, quiet: bool = False,
+             grace_s: float = 60.0) -> int:
+    """Blocks until every task has a row or its job ended without one; a progress bar counts landed rows.
+
+    Rows are the truth (submitit's job states lag sacct by seconds); a job that SLURM reports finished with no
+    row after ``grace_s`` is counted as failed, so a job killed without a result never blocks forever.
+    """
+    from tqdm import tqdm
+
+    from .results import read_rows, row_key
+
+    bar = tqdm(total=len(tasks), desc="tasks with a row", disable=quiet, file=sys.stderr)
+    ended_at: dict[str, float] = {}
+    while True:
+        landed, failed = set(), set()
+        for results_dir, abl in {(t.results_dir, t.ablation) for t in tasks}:
+            rows, _ = read_rows(Path(results_dir), abl)
+            for r in rows:
+                (landed if r["status"] == "ok" else failed).add(row_key(r))
+        n_ok, lost = 0, 0
+        for t in tasks:
+            k = tuple(task_key(t))
+            if k in landed:
+                n_ok += 1
+                continue
+            j = jobs.get(t.name)
+            if j is None:  # neither landed nor followed (its row vanished meanwhile): nothing to wait for
+                lost += 1
+                continue
+            try:
+                finished = j.done()
+            except Exception:  # noqa: BLE001 - accounting hiccups: ask again next round
+                finished = False
+            if finished:
+                ended_at.setdefault(t.name, time.time())
+                if time.time() - ended_at[t.name] > grace_s or k in failed:
+                    lost += 1
+        bar.n = n_ok
+        bar.set_postfix(failed=lost, refresh=False)
+        bar.refresh()
+        if n_ok + lost >= len(tasks):
+            bar.close()
+            print(f"{n_ok} task(s) ok, {lost} failed (details: python -m pic_bench.status {tasks[0].ablation})",
+                  file=sys.stderr)
+            return 0 if lost == 0 else 1
+        time.sleep(poll_s)
