@@ -10,11 +10,16 @@ STATE=/var/spool/pic_bench_slurm
 LOG=/var/log/pic_bench_slurm
 RUN=/run/pic_bench_slurm
 say() { echo "[local_cluster] $*" >&2; }
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE [NAME]: the pid in PIDFILE runs and (a stale pid file may name a reused pid) is that daemon
+alive() {
+  local pid
+  [[ -f $1 ]] && pid=$(cat "$1") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -z ${2:-} || $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 
 stop() {  # stop NAME PIDFILE: TERM, wait up to 20 s, then KILL
   local name=$1 pidfile=$2 pid
-  alive "$pidfile" || return 0
+  alive "$pidfile" "$name" || return 0  # not running, or the pid now belongs to another process
   pid=$(cat "$pidfile")
   say "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null
@@ -24,7 +29,7 @@ stop() {  # stop NAME PIDFILE: TERM, wait up to 20 s, then KILL
   return 0
 }
 
-if [[ -f /etc/slurm/slurm.conf ]] && grep -qF "$MARK" /etc/slurm/slurm.conf && alive "$RUN/slurmctld.pid"; then
+if [[ -f /etc/slurm/slurm.conf ]] && grep -qF "$MARK" /etc/slurm/slurm.conf && alive "$RUN/slurmctld.pid" slurmctld; then
   jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | sort -u)
   if [[ -n $jobs ]]; then
     say "cancelling $(echo "$jobs" | wc -l) job(s)"

@@ -24,7 +24,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "[local_cluster] $*" >&2; }
 die() { say "error: $*"; exit 1; }
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE [NAME]: the pid in PIDFILE runs and (a stale pid file may name a reused pid) is that daemon
+alive() {
+  local pid
+  [[ -f $1 ]] && pid=$(cat "$1") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -z ${2:-} || $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
+}
 wait_for() {  # wait_for SECONDS WHAT CMD...: polls CMD until it succeeds or the time is up
   local limit=$1 what=$2; shift 2
   local end=$((SECONDS + limit))
@@ -66,7 +71,7 @@ chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
 chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
 chmod 0755 /run/munge
-if ! alive /run/munge/munged.pid; then
+if ! alive /run/munge/munged.pid munged; then
   say "starting munged"
   runuser -u munge -- /usr/sbin/munged
   started munged /run/munge/munged.pid
@@ -129,11 +134,11 @@ if [[ $NO_DBD != 1 ]]; then
     say "initialising MariaDB's data folder"
     mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
   fi
-  if ! alive /run/mysqld/mysqld.pid; then
+  if ! alive /run/mysqld/mysqld.pid mariadbd; then
     say "starting MariaDB"
     setsid /usr/sbin/mariadbd --user=mysql --skip-networking --pid-file=/run/mysqld/mysqld.pid \
       --socket=/run/mysqld/mysqld.sock >"$LOG/mariadb.log" 2>&1 < /dev/null &
-    started mariadb /run/mysqld/mysqld.pid
+    started mariadbd /run/mysqld/mysqld.pid
   fi
   wait_for 60 "MariaDB" mariadb-admin --socket=/run/mysqld/mysqld.sock ping || { show_log "$LOG/mariadb.log"; exit 1; }
   cat > "$ETC/slurmdbd.conf" <<EOF
@@ -150,7 +155,7 @@ StorageUser=root
 StorageLoc=pic_bench_slurm_acct
 EOF
   chmod 0600 "$ETC/slurmdbd.conf"
-  if ! alive "$RUN/slurmdbd.pid"; then
+  if ! alive "$RUN/slurmdbd.pid" slurmdbd; then
     say "starting slurmdbd"
     /usr/sbin/slurmdbd
     started slurmdbd "$RUN/slurmdbd.pid"
@@ -162,7 +167,7 @@ EOF
 fi
 
 # ---- slurmctld and slurmd
-if ! alive "$RUN/slurmctld.pid"; then
+if ! alive "$RUN/slurmctld.pid" slurmctld; then
   say "starting slurmctld"
   /usr/sbin/slurmctld
   started slurmctld "$RUN/slurmctld.pid"
@@ -170,7 +175,7 @@ else
   scontrol reconfigure >/dev/null 2>&1 || true
 fi
 wait_for 30 "slurmctld" scontrol ping || { show_log "$LOG/slurmctld.log"; exit 1; }
-if ! alive "$RUN/slurmd.pid"; then
+if ! alive "$RUN/slurmd.pid" slurmd; then
   say "starting slurmd"
   /usr/sbin/slurmd -N localhost
   started slurmd "$RUN/slurmd.pid"
