@@ -124,6 +124,31 @@ def test_shipped_cluster_file_loads():
     assert cc.ranks == 1 and cc.time_min * 60 > cc.signal_delay_s + launch.STARTUP_S
 
 
+def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path, capsys):
+    from pic_bench.results import append_row, make_row
+
+    abl_path = write_ablation(tmp_path)
+    results = tmp_path / "results"
+    a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
+    path = launch.manifest_file(results, "slurm_ci")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for i, t in enumerate((a, b)):
+            f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "job_id": f"999990_{i}",
+                                "array_id": "999990", "stderr": f"logs/999990_{i}_0_log.err",
+                                "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    append_row(make_row(a.ablation, a.preset, a.cell, a.cfg, "failed", {}, {}, "cpu",
+                        error="NonFiniteLoss: non-finite loss nan at step 3\ntraceback ..."), results)
+    assert status.main([str(abl_path), "--results", str(results), "--preset", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| pic | pic.correction=False | 0 | failed | NonFiniteLoss: non-finite loss nan at step 3 | " \
+           "logs/999990_0_0_log.err |" in out
+    assert "| pic | pic.correction=True | 0 | lost | job 999990_1 is not queued and left no row" in out
+    assert "| baseline_random | pic.correction=True | 0 | missing | never submitted |" in out
+    assert "1 failed, 1 lost, 2 missing" in out
+    assert status.main(["no_such_ablation", "--results", str(results)]) == 1
+
+
 # ---- the preemption path of one array task, in-process (what submitit does on SIGUSR2, minus the requeue)
 
 def test_array_task_checkpoints_at_a_step_boundary_and_the_resubmission_resumes(tmp_path):
@@ -319,3 +344,42 @@ def test_status_reports_every_task_done_and_the_table(slurm_flow):
     assert "kNN top-1" in proc.stdout  # the table rebuilt from the rows
     states = status.task_states("slurm_ci", slurm_flow["results"])
     assert [s["state"] for s in states] == ["done"] * 4
+
+
+DDP_ABLATION = """\
+# One cell trained by two data-parallel ranks (SLURM tasks) of one array task.
+name: slurm_ci_ddp
+overrides: {run.deterministic: true, optim.epochs: 4, pic.correction: false}
+seeds: [0]
+"""
+
+
+@pytest.mark.slurm
+def test_two_rank_array_task_initialised_from_slurm_matches_one_process(slurm_flow):
+    """tasks_per_node=2: srun starts two ranks; the process group comes from SLURM's/submitit's environment;
+    rank 0 writes the row, whose numbers match an in-process single-process run of the same global batch."""
+    d = slurm_flow["d"]
+    abl_path = d / "slurm_ci_ddp.yaml"
+    abl_path.write_text(DDP_ABLATION)
+    results = d / "ddp_results"
+    argv = [str(abl_path), "smoke", "--executor", "slurm", "--no-baselines", "--wait", "-q", "--results",
+            str(results), "--checkpoints", str(d / "ddp_ck"), "--slurm", "tasks_per_node=2", "cpus_per_task=1",
+            "time_min=10", "signal_delay_s=30", "mem_gb=2", f"folder={d / 'logs'}"]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pic_bench.run", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=240)
+    print(f"2-rank array task: {time.time() - t0:.0f} s", file=sys.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows, _ = read_rows(results, "slurm_ci_ddp")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"  # rank 1 wrote nothing
+    (task,) = run.expand(load_ablation(abl_path), "smoke", {}, str(d / "ddp_ref"), str(d / "ddp_ref_ck"),
+                         baselines=False)
+    ref = run.run_task(task)
+    assert rows[0]["config_hash"] == ref["config_hash"]
+    got, want = rows[0]["metrics"]["final_loss"], ref["metrics"]["final_loss"]
+    # the same arithmetic but for the order of sums (gradient all-reduce, BatchNorm over ranks): float rounding
+    assert abs(got - want) <= 1e-5 * abs(want), (got, want)
+    out0 = Path(launch.read_manifest(results, "slurm_ci_ddp")[tuple(launch.task_key(task))]["stdout"])
+    out1 = out0.with_name(out0.name.replace("_0_log.out", "_1_log.out"))
+    logs = [out.read_text() + out.with_suffix(".err").read_text() for out in (out0, out1)]
+    assert "global_rank=0(2)" in logs[0] and "global_rank=1(2)" in logs[1]  # submitit's env: two ranks, one job
