@@ -1,17 +1,30 @@
-"""Tables rebuilt from result rows; never edited by hand.
+"""Tables and plots rebuilt from result rows; never edited by hand.
 
-    python -m pic_bench.tables                 # every ablation with rows under results/rows/
-    python -m pic_bench.tables negatives_k     # one ablation
+    python -m pic_bench.tables                      # every ablation with rows under results/rows/
+    python -m pic_bench.tables negatives_k          # one ablation
+    python -m pic_bench.tables --results /tmp/res   # another results folder
 
-Writes ``results/tables/<ablation>.md``, ``.csv`` and ``.tex``. One table row per (preset, device, kind, cell):
-mean +- std over seeds with n and the individual values, the change against the ablation's default cell with a
-95% confidence interval from seeds paired with the default's, step time, throughput and peak memory. Rows from
-different presets or devices are never averaged together; rows that share a cell label but differ in config hash
-are reported and kept apart.
+Writes ``<results>/tables/<ablation>.md``, ``.csv`` and ``.tex``, and PNG plots beside them (``pic_bench.plots``).
+The same rows always give the same table bytes.
+
+Training ablations: one table row per (preset, device, kind, cell, config): mean +- std over seeds with n and the
+individual values, the change against the ablation's default cell with a 95% confidence interval from seeds
+paired with the default's, step time, throughput and peak memory, and the published reference beside our value
+where the setting matches it (``pic_bench.reference``). Rows from different presets or devices are never averaged
+together; rows that share a cell but differ in config hash are reported and kept apart; malformed lines and failed
+runs are listed with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``,
+see ``pic_bench.analysis``) get their own layout.
+
+The default cell: when ``default_cell`` in the ablation file equals one cell's overrides, every cell is compared
+with that cell (``default_cell: {pic.K: 0}``). When it names only some of the swept keys, each cell is compared
+with the cell that differs from it only there (``default_cell: {pic.correction: true}``: each K without the
+correction against the same K with it).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 import sys
 from collections import defaultdict
@@ -20,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import reference
 from .results import DEFAULT_RESULTS, read_rows
 
 # Two-sided 95% Student t quantiles, df = 1..30 (beyond: 1.96).
@@ -27,6 +41,9 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 METRICS = ("knn_top1", "linear_top1")
+COST = ("step_ms_median", "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss")
+ANALYSIS_KINDS = ("visit_distance", "scaling")
+ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 
 
 def t975(df: int) -> float:
@@ -53,22 +70,40 @@ def paired_ci(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, i
     return float(d.mean()), t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d)), len(d)
 
 
-def _fmt(x: float, nd: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = None
-              ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Groups ok rows into table rows; returns (table rows, warnings)."""
+def _count(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:,.0f}"
+
+
+def _relative(path: str, results_dir: Path) -> str:
+    """A row file's path relative to the results folder, so tables do not depend on where it lives."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(results_dir).resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a == b
+
+
+# --------------------------------------------------------------------------------------------- training tables
+def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = None,
+              cell_order: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Groups ok rows into table rows; returns (table rows, warnings). ``cell_order``: the file's cells, in order."""
     warnings: list[str] = []
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     hashes: dict[tuple, set[str]] = defaultdict(set)
     for r in rows:
         if r.get("status") != "ok":
             continue
-        dev = r.get("device", "?")
         label = cell_label(r.get("cell") or {})
-        base = (r["preset"], dev, r.get("kind", "pic"), label)
+        base = (r["preset"], r.get("device", "?"), r.get("kind", "pic"), label)
         hashes[base].add(r["config_hash"])
         groups[base + (r["config_hash"],)].append(r)
     for base, hs in sorted(hashes.items()):
@@ -77,47 +112,72 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
                             f"{len(hs)} different configs ({', '.join(sorted(hs))}): reported apart, not averaged")
     out = []
     per_seed: dict[tuple, dict[str, dict[int, float]]] = {}
-    for key, rs in groups.items():
+    for key in sorted(groups):
         preset, dev, kind, label, chash = key
-        rs = sorted(rs, key=lambda r: r["seed"])
         seen: dict[int, dict] = {}
-        for r in rs:  # one row per seed: the last one wins (duplicates are reported)
+        for r in groups[key]:  # one row per seed: the last one in file order wins (duplicates are reported)
             if r["seed"] in seen:
-                warnings.append(f"cell '{label}' seed {r['seed']} has more than one row; the last is used")
+                warnings.append(f"cell '{label}' ({kind}, preset {preset}) seed {r['seed']} has more than one "
+                                "row; the last is used")
             seen[r["seed"]] = r
-        rs = list(seen.values())
+        rs = [seen[s] for s in sorted(seen)]
         t = {"preset": preset, "device": dev, "kind": kind, "cell": label, "config_hash": chash, "n": len(rs),
-             "seeds": [r["seed"] for r in rs], "cell_dict": rs[0].get("cell") or {}}
+             "seeds": [r["seed"] for r in rs], "cell_dict": rs[0].get("cell") or {}, "config": rs[0]["config"],
+             "derived": rs[0].get("derived") or {}, "split": len(hashes[key[:4]]) > 1}
         for m in METRICS:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             t[m] = vals
             t[m + "_mean"], t[m + "_std"] = mean_std(vals) if vals else (float("nan"), float("nan"))
-        for m in ("step_ms_median", "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss"):
+        for m in COST:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             t[m] = float(np.median(vals)) if vals else float("nan")
         per_seed[key] = {m: {r["seed"]: r["metrics"][m] for r in rs if m in r["metrics"]} for m in METRICS}
         out.append(t)
-    # Paired change against the default cell of the same preset and device.
-    default_label = cell_label(default_cell) if default_cell is not None else None
-    for t in out:
-        ref = None
-        if t["kind"] == "pic" and default_cell is not None:
-            ref = next((k for k in per_seed if k[0] == t["preset"] and k[1] == t["device"] and k[2] == "pic"
-                        and all(_matches(k, default_cell, out))), None)
-        for m in METRICS:
-            if ref is None:
-                t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = float("nan"), float("nan"), 0
-            else:
-                key = (t["preset"], t["device"], t["kind"], t["cell"], t["config_hash"])
-                t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = paired_ci(per_seed[key][m], per_seed[ref][m])
-        t["is_default"] = default_label is not None and ref is not None and ref[3] == t["cell"]
-    out.sort(key=lambda t: (t["preset"], t["device"], t["kind"] != "pic", t["kind"], _order(t)))
+    _pair_with_default(out, per_seed, default_cell, warnings)
+    order = {repr(sorted(c.items())): i for i, c in enumerate(cell_order or [])}
+    out.sort(key=lambda t: (t["preset"], t["device"], t["kind"] != "pic", t["kind"],
+                            order.get(repr(sorted(t["cell_dict"].items())), len(order)), _order(t), t["config_hash"]))
     return out, warnings
 
 
-def _matches(key: tuple, default_cell: dict[str, Any], table: list[dict[str, Any]]) -> list[bool]:
-    t = next(x for x in table if (x["preset"], x["device"], x["kind"], x["cell"], x["config_hash"]) == key)
-    return [t["cell_dict"].get(k) == v for k, v in default_cell.items()]
+def _key(t: dict[str, Any]) -> tuple:
+    return (t["preset"], t["device"], t["kind"], t["cell"], t["config_hash"])
+
+
+def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell: dict[str, Any] | None,
+                       warnings: list[str]) -> None:
+    """Fills delta_*, ci_*, paired_n_* and is_default of every PIC entry (see the module docstring)."""
+    for t in table:
+        t["is_default"] = False
+        for m in METRICS:
+            t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = float("nan"), float("nan"), 0
+    if default_cell is None:
+        return
+    warned = set()
+    for t in table:
+        if t["kind"] != "pic":
+            continue
+        peers = [r for r in table if (r["preset"], r["device"], r["kind"]) == (t["preset"], t["device"], "pic")]
+        exact = [r for r in peers if _same(r["cell_dict"], default_cell)]
+        if exact:
+            want = default_cell
+        else:
+            want = {**{k: v for k, v in t["cell_dict"].items()}, **default_cell}
+            if set(want) != set(t["cell_dict"]):  # the default names a key this cell does not sweep
+                continue
+        refs = [r for r in peers if _same(r["cell_dict"], want)]
+        if len(refs) != 1:
+            if len(refs) > 1 and (t["preset"], t["device"], cell_label(want)) not in warned:
+                warned.add((t["preset"], t["device"], cell_label(want)))
+                warnings.append(f"default cell '{cell_label(want)}' (preset {t['preset']}) has {len(refs)} configs: "
+                                "no change against it is computed")
+            continue
+        ref = refs[0]
+        t["is_default"] = ref is t
+        if ref is t:
+            continue
+        for m in METRICS:
+            t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = paired_ci(per_seed[_key(t)][m], per_seed[_key(ref)][m])
 
 
 def _order(t: dict[str, Any]) -> tuple:
@@ -125,110 +185,396 @@ def _order(t: dict[str, Any]) -> tuple:
                  for v in t["cell_dict"].values())
 
 
+def _delta(t: dict[str, Any], m: str) -> str:
+    if t.get("is_default") or math.isnan(t["delta_" + m]):
+        return "—"
+    ci = t["ci_" + m]
+    n = t["paired_n_" + m]
+    return f"{t['delta_' + m]:+.2f} ± {_fmt(ci)} (n={n})" if not math.isnan(ci) else f"{t['delta_' + m]:+.2f} (n={n})"
+
+
+def _label(t: dict[str, Any]) -> str:
+    split = f" [config {t['config_hash']}]" if t.get("split") else ""
+    return f"{t['cell']}{' (default)' if t.get('is_default') else ''}{split}"
+
+
+def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference] | None = None) -> list[str]:
+    """The reference beside our value for every PIC cell that ran its setting, else the PIC rows for context."""
+    refs = reference.load() if refs is None else refs
+    matched = [(t, reference.match(t["config"], t["derived"], refs)) for t in table if t["kind"] == "pic"]
+    matched = [(t, r) for t, r in matched if r is not None]
+    lines = ["## Published reference", ""]
+    if matched:
+        lines += [f"Cells that ran the setting of a published number (from {reference.SOURCE}). Our linear probe "
+                  "(full-batch Adam on frozen, standardised backbone features) is not the official linear "
+                  "evaluation protocol.",
+                  "", "| preset | cell | n | our linear top-1 | reference top-1 | ours − reference | reference |",
+                  "|---|---|---|---|---|---|---|"]
+        for t, r in matched:
+            diff = t["linear_top1_mean"] - r.top1
+            lines.append(f"| {t['preset']} | {_label(t)} | {t['n']} | {_fmt(t['linear_top1_mean'])} ± "
+                         f"{_fmt(t['linear_top1_std'])} | {r.top1:.1f} | {diff:+.2f} | {r.method}, {r.epochs} epochs |")
+        return lines + [""]
+    lines += [f"Reference: ImageNet-1K ResNet-50 linear-probe numbers from {reference.SOURCE}, listed for context "
+              "only: no matching setting reproduced here (theirs: ImageNet-1K, ResNet-50, multi-crop, the official "
+              "sampler, all instances as negatives, 200-1600 epochs), so no difference is shown.", "",
+              "| method | epochs | linear top-1 | top-5 |", "|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.epochs} | {r.top1:.1f} | {r.top5:.1f} |" for r in refs if r.is_pic]
+    return lines + [""]
+
+
+def default_note(table: list[dict[str, Any]], default_cell: dict[str, Any] | None) -> str:
+    """What Δ is measured against, in words."""
+    if default_cell is None:
+        return "no default cell known (no ablation file), so no change is computed"
+    if any(_same(t["cell_dict"], default_cell) for t in table if t["kind"] == "pic"):
+        return f"change against the default cell ({cell_label(default_cell)})"
+    return f"change against the same cell with {cell_label(default_cell)}"
+
+
 def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], problems: list[str],
-                reference: list[str] | None = None) -> str:
+                reference: list[str] | None = None, plots: dict[tuple[str, str], str] | None = None,
+                default: str = "change against the default cell") -> str:
     lines = [f"# {name}", "", "Generated by `python -m pic_bench.tables` from `results/rows/"
-             f"{name}.jsonl`; do not edit. Accuracy: mean ± std over seeds (n, values). Δ: change against the "
-             "default cell, mean of per-seed differences ± 95% t half-width (seeds paired). Step time: median "
-             "over seeds of each run's median step (ms, compute only). Memory: peak CPU RSS or CUDA "
-             "max allocated (MiB).", ""]
+             f"{name}.jsonl`; do not edit. Accuracy: mean ± std over seeds (n; the values, in seed order). "
+             f"Δ: {default}, mean of per-seed differences ± 95% t half-width (seeds paired, n "
+             "pairs). Step time: median over seeds of each run's median step (ms, compute only; p90 in brackets). "
+             "Memory: peak CPU RSS of the process or CUDA max allocated (MiB).", ""]
     for (preset, dev) in sorted({(t["preset"], t["device"]) for t in table}):
         lines += [f"## preset `{preset}` on {dev}", "",
                   "| cell | kind | n | kNN top-1 | linear top-1 | Δ kNN | Δ linear | step ms (p90) | img/s "
-                  "| peak MiB | kNN values |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| peak MiB | kNN values | linear values |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for t in table:
             if (t["preset"], t["device"]) != (preset, dev):
                 continue
-            star = " (default)" if t.get("is_default") else ""
-
-            def delta(m):
-                if t.get("is_default") or math.isnan(t["delta_" + m]):
-                    return "—"
-                ci = t["ci_" + m]
-                return f"{t['delta_' + m]:+.2f} ± {_fmt(ci)}" if not math.isnan(ci) else f"{t['delta_' + m]:+.2f}"
-
             lines.append(
-                f"| {t['cell']}{star} | {t['kind']} | {t['n']} | {_fmt(t['knn_top1_mean'])} ± "
+                f"| {_label(t)} | {t['kind']} | {t['n']} | {_fmt(t['knn_top1_mean'])} ± "
                 f"{_fmt(t['knn_top1_std'])} | {_fmt(t['linear_top1_mean'])} ± {_fmt(t['linear_top1_std'])} | "
-                f"{delta('knn_top1')} | {delta('linear_top1')} | {_fmt(t['step_ms_median'], 1)} "
+                f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_fmt(t['step_ms_median'], 1)} "
                 f"({_fmt(t['step_ms_p90'], 1)}) | {_fmt(t['images_per_s'], 0)} | {_fmt(t['peak_mem_mib'], 0)} | "
-                f"{', '.join(_fmt(v) for v in t['knn_top1'])} |")
+                f"{', '.join(_fmt(v) for v in t['knn_top1'])} | {', '.join(_fmt(v) for v in t['linear_top1'])} |")
         lines.append("")
+        if plots and (preset, dev) in plots:
+            lines += [f"![{name}, preset {preset}]({plots[(preset, dev)]})", ""]
     if reference:
-        lines += ["## Published reference numbers", ""] + reference + [""]
-    if warnings or problems:
-        lines += ["## Problems found while building this table", ""]
-        lines += [f"- {w}" for w in warnings] + [f"- {p}" for p in problems] + [""]
+        lines += reference
+    lines += _problem_lines(warnings, problems)
     return "\n".join(lines)
+
+
+def _problem_lines(warnings: list[str], problems: list[str]) -> list[str]:
+    if not (warnings or problems):
+        return []
+    return (["## Problems found while building this table", ""] + [f"- {w}" for w in warnings]
+            + [f"- {p}" for p in problems] + [""])
 
 
 CSV_COLS = ["preset", "device", "kind", "cell", "config_hash", "n", "seeds", "knn_top1_mean", "knn_top1_std",
             "knn_top1", "linear_top1_mean", "linear_top1_std", "linear_top1", "delta_knn_top1", "ci_knn_top1",
-            "delta_linear_top1", "ci_linear_top1", "step_ms_median", "step_ms_p90", "images_per_s", "peak_mem_mib",
-            "train_wall_s", "final_loss"]
+            "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "paired_n_linear_top1", "step_ms_median",
+            "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss", "reference_top1",
+            "linear_minus_reference"]
 
 
-def to_csv(table: list[dict[str, Any]]) -> str:
-    import csv
-    import io
+def _csv_value(v: Any) -> str:
+    if isinstance(v, list):
+        return " ".join(_fmt(x, 4) if isinstance(x, float) else str(x) for x in v)
+    return _fmt(v, 4) if isinstance(v, float) else str(v)
 
+
+def to_csv(table: list[dict[str, Any]], cols: list[str] = CSV_COLS) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLS)
+    w.writerow(cols)
     for t in table:
-        w.writerow([(" ".join(_fmt(x, 4) for x in t[c]) if isinstance(t[c], list) and c != "seeds"
-                     else " ".join(map(str, t[c])) if c == "seeds"
-                     else _fmt(t[c], 4) if isinstance(t[c], float) else t[c]) for c in CSV_COLS])
+        if "reference_top1" in cols and "reference_top1" not in t:
+            r = reference.match(t["config"], t["derived"]) if t.get("kind") == "pic" else None
+            t["reference_top1"] = r.top1 if r else float("nan")
+            t["linear_minus_reference"] = t["linear_top1_mean"] - r.top1 if r else float("nan")
+        w.writerow([_csv_value(t.get(c, "")) for c in cols])
     return buf.getvalue()
 
 
-def to_latex(name: str, table: list[dict[str, Any]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+def _esc(s: str) -> str:
+    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
 
-    lines = [f"% {name}: generated by python -m pic_bench.tables; do not edit", r"\begin{tabular}{llrrrr}",
-             r"\toprule", r"cell & kind & $n$ & kNN top-1 & linear top-1 & step (ms) \\", r"\midrule"]
+
+def to_latex(name: str, table: list[dict[str, Any]]) -> str:
+    lines = [f"% {name}: generated by python -m pic_bench.tables; do not edit", r"\begin{tabular}{lllrrrrr}",
+             r"\toprule", r"preset & cell & kind & $n$ & kNN top-1 & linear top-1 & $\Delta$ linear & step (ms) \\",
+             r"\midrule"]
     for t in table:
-        lines.append(f"{esc(t['cell'])} & {esc(t['kind'])} & {t['n']} & ${_fmt(t['knn_top1_mean'])} \\pm "
-                     f"{_fmt(t['knn_top1_std'])}$ & ${_fmt(t['linear_top1_mean'])} \\pm {_fmt(t['linear_top1_std'])}$"
-                     f" & {_fmt(t['step_ms_median'], 1)} \\\\")
+        d = t["delta_linear_top1"]
+        ci = t["ci_linear_top1"]
+        delta = "--" if t.get("is_default") or math.isnan(d) else (
+            f"${d:+.2f} \\pm {_fmt(ci)}$" if not math.isnan(ci) else f"${d:+.2f}$")
+        lines.append(f"{_esc(t['preset'])} & {_esc(_label(t))} & {_esc(t['kind'])} & {t['n']} & "
+                     f"${_fmt(t['knn_top1_mean'])} \\pm {_fmt(t['knn_top1_std'])}$ & "
+                     f"${_fmt(t['linear_top1_mean'])} \\pm {_fmt(t['linear_top1_std'])}$ & {delta} & "
+                     f"{_fmt(t['step_ms_median'], 1)} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
 
-def _default_cell(name: str) -> dict[str, Any] | None:
-    path = Path("ablations") / f"{name}.yaml"
-    if not path.is_file():
-        return None
+def failed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per failed run, so a missing seed in a table is explained."""
+    out = []
+    for r in rows:
+        if r.get("status") == "failed":
+            err = (r.get("error") or "").strip().splitlines()
+            out.append(f"failed run: cell '{cell_label(r.get('cell') or {})}' ({r.get('kind', 'pic')}, preset "
+                       f"{r['preset']}) seed {r['seed']}: {err[0] if err else 'no error recorded'}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- analysis tables
+def _analysis_entries(rows: list[dict[str, Any]], kind: str, warnings: list[str]) -> list[dict[str, Any]]:
+    """The latest ok row per (preset, device, config hash, seed), flattened for the table."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("kind") != kind or r.get("status") != "ok":
+            continue
+        dev = "any machine" if kind == "visit_distance" else r.get("device", "?")
+        key = (r["preset"], dev, r["config_hash"], r["seed"])
+        if key in latest:
+            warnings.append(f"{kind} cell '{cell_label(r.get('cell') or {})}' (preset {r['preset']}) seed "
+                            f"{r['seed']} has more than one row; the last is used")
+        latest[key] = r
+    out = []
+    for (preset, dev, chash, seed), r in sorted(latest.items(), key=lambda kv: kv[0]):
+        e = {"preset": preset, "device": dev, "config_hash": chash, "seed": seed, "cell_dict": r.get("cell") or {},
+             "config": r["config"], **(r.get("derived") or {}), **r["metrics"]}
+        e["scheduler"] = r["config"]["pic"]["scheduler"]
+        out.append(e)
+    return out
+
+
+VISIT_COLS = ["preset", "scheduler", "N", "D", "S", "samples", "seed", "revisits", "p10", "median", "p90", "p99",
+              "max", "mean", "median_over_D", "median_over_N", "share_within_2D", "expected_median", "config_hash"]
+
+
+def visit_markdown(name: str, entries: list[dict[str, Any]], warnings: list[str], problems: list[str],
+                   plots: dict[tuple[str, str], str] | None = None) -> str:
+    lines = [f"# {name}", "", f"Generated by `python -m pic_bench.tables` from `results/rows/{name}.jsonl`; do not "
+             "edit. Distance, in samples, between two consecutive visits of the same image over `optim.epochs x N` "
+             "samples of each scheduler's stream (revisits after the stream's end are not seen, which shortens the "
+             "longest gaps). Share ≤ 2D: revisits within two window lengths. Expected median: our derivation "
+             "(epoch: N; sliding: about 1.07 D at D/S = 8), not a published number; n/a where it has no simple form.",
+             ""]
+    order = {"epoch": 0, "sliding": 1, "official": 2}
+    for preset in sorted({e["preset"] for e in entries}):
+        lines += [f"## preset `{preset}`", "",
+                  "| scheduler | N | D | S | samples | seed | revisits | p10 | median | p90 | p99 | median / D | "
+                  "median / N | share ≤ 2D | expected median |", "|" + "---|" * 15]
+        es = sorted((e for e in entries if e["preset"] == preset),
+                    key=lambda e: (e["N"], e["D"], e["S"], order.get(e["scheduler"], 9), e["seed"], e["config_hash"]))
+        for e in es:
+            lines.append(f"| {e['scheduler']} | {e['N']:,} | {e['D']:,} | {e['S']:,} | {e['samples']:,} | "
+                         f"{e['seed']} | {e['revisits']:,} | {e['p10']:,.0f} | {e['median']:,.0f} | {e['p90']:,.0f} | "
+                         f"{e['p99']:,.0f} | {e['median_over_D']:.2f} | {e['median_over_N']:.3f} | "
+                         f"{e['share_within_2D']:.3f} | {_count(e['expected_median'])} |")
+        lines.append("")
+        if plots and (preset, "any machine") in plots:
+            lines += [f"![{name}, preset {preset}]({plots[(preset, 'any machine')]})", ""]
+    return "\n".join(lines + _problem_lines(warnings, problems))
+
+
+SCALING_COLS = ["preset", "device", "arm", "N", "K_effective", "B", "d", "head_ms_median", "head_ms_p90",
+                "step_ms_median", "step_ms_p90", "state_mib", "head_peak_mib", "step_peak_mib", "peak_mem_kind",
+                "head_speedup_vs_full", "implementation", "config_hash"]
+
+
+def _arm(config: dict[str, Any]) -> str:
+    """The arm of a scaling row, named from its config: full softmax, or recent K with or without correction."""
+    p = config["pic"]
+    storage = "" if p.get("storage", "float32") == "float32" else f", {p['storage']} w and u"
+    if p["K"] == 0:
+        return "full softmax (all N), dense update" + storage
+    return f"recent K={p['K']}, " + ("correction" if p["correction"] else "dense update (no correction)") + storage
+
+
+def _arm_order(arm: str) -> tuple:
+    return (not arm.startswith("full"), "dense" not in arm, arm)
+
+
+def scaling_entries(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None, warnings: list[str]
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(ok points with the head's speed-up against the default arm at the same N, skipped points)."""
+    points = _analysis_entries(rows, "scaling", warnings)
+    for p in points:
+        p["arm"] = _arm(p["config"])
+    full = {(p["preset"], p["device"], p["N"]): p for p in points
+            if default_cell is not None and all(p["cell_dict"].get(k) == v for k, v in default_cell.items())}
+    for p in points:
+        f = full.get((p["preset"], p["device"], p["N"]))
+        p["head_speedup_vs_full"] = f["head_ms_median"] / p["head_ms_median"] if f else float("nan")
+    skipped = []
+    for r in rows:
+        if r.get("kind") == "scaling" and r.get("status") == "skipped":
+            skipped.append({"preset": r["preset"], "device": r.get("device", "?"), "arm": _arm(r["config"]),
+                            "N": (r.get("derived") or {}).get("N"), "why": r.get("error") or ""})
+    skipped.sort(key=lambda s: (s["preset"], s["device"], _arm_order(s["arm"]), s["N"] or 0))
+    return points, skipped
+
+
+def scaling_markdown(name: str, points: list[dict[str, Any]], skipped: list[dict[str, Any]], warnings: list[str],
+                     problems: list[str], plots: dict[tuple[str, str], str] | None = None) -> str:
+    lines = [f"# {name}", "", f"Generated by `python -m pic_bench.tables` from `results/rows/{name}.jsonl`; do not "
+             "edit. Head: gather the candidate rows of w, cosine logits, cross-entropy, backward to z and the rows, "
+             "momentum-SGD update of w and u. Whole step: the backbone's forward, backward and SGD step on random "
+             "images, then the head. Times: median (p90) over timed steps, device synchronised. Peak memory: from "
+             "before w and u are allocated (so it includes them), CUDA max allocated or peak RSS. State: w and u. "
+             "Speed-up: the default arm's head time at the same N over this arm's.", ""]
+    for (preset, dev) in sorted({(p["preset"], p["device"]) for p in points}):
+        lines += [f"## preset `{preset}` on {dev}", "",
+                  "| arm | N | K used | head ms (p90) | whole step ms (p90) | state MiB | head peak MiB | "
+                  "step peak MiB | head speed-up vs default |", "|---|---|---|---|---|---|---|---|---|"]
+        ps = [p for p in points if (p["preset"], p["device"]) == (preset, dev)]
+        for p in sorted(ps, key=lambda p: (_arm_order(p["arm"]), p["N"], p["seed"], p["config_hash"])):
+            lines.append(f"| {p['arm']} | {p['N']:,} | {p['K_effective']:,} | {p['head_ms_median']:.2f} "
+                         f"({p['head_ms_p90']:.2f}) | {p['step_ms_median']:.1f} ({p['step_ms_p90']:.1f}) | "
+                         f"{p['state_mib']:.1f} | {_fmt(p['head_peak_mib'], 1)} | {_fmt(p['step_peak_mib'], 1)} | "
+                         f"{_fmt(p['head_speedup_vs_full'], 1)} |")
+        lines.append("")
+        impl = sorted({p.get("implementation", "?") for p in ps})
+        lines += [f"Measured by {', '.join(impl)}; peak memory kind: "
+                  f"{', '.join(sorted({p['peak_mem_kind'] for p in ps}))}.", ""]
+        if plots and (preset, dev) in plots:
+            lines += [f"![{name}, preset {preset}]({plots[(preset, dev)]})", ""]
+    if skipped:
+        lines += ["## Points not measured", ""]
+        lines += [f"- preset {s['preset']}, {s['arm']}, N = {s['N']:,}: {s['why']}" for s in skipped] + [""]
+    return "\n".join(lines + _problem_lines(warnings, problems))
+
+
+def _analysis_latex(name: str, entries: list[dict[str, Any]], cols: list[str]) -> str:
+    lines = [f"% {name}: generated by python -m pic_bench.tables; do not edit",
+             r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule",
+             " & ".join(_esc(c) for c in cols) + r" \\", r"\midrule"]
+    for e in entries:
+        lines.append(" & ".join(_esc(_csv_value(e.get(c, ""))) for c in cols) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+# ------------------------------------------------------------------------------------------------- build, main
+def _ablation_file(name: str):
+    """The ablation whose rows these are (ablations/<name>.yaml in the repository or the working directory)."""
     from .config import load_ablation
 
-    try:
-        return load_ablation(path).default_cell
-    except Exception:  # noqa: BLE001 - a table is still built without the default cell
-        return None
+    for folder in (ABLATIONS_DIR, Path("ablations")):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            try:
+                return load_ablation(path)
+            except Exception as e:  # noqa: BLE001 - a table is still built without the file
+                print(f"warning: {path}: {e}; table built without its default cell", file=sys.stderr)
+                return None
+    return None
+
+
+def _plot_names(name: str, groups: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """One PNG per (preset, device): <name>_<preset>.png, then _2, _3 for further devices of that preset."""
+    out: dict[tuple[str, str], str] = {}
+    for preset in sorted({g[0] for g in groups}):
+        for i, dev in enumerate(sorted(g[1] for g in groups if g[0] == preset)):
+            out[(preset, dev)] = f"{name}_{preset}{'' if i == 0 else f'_{i + 1}'}.png"
+    return out
 
 
 def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | None = None, write: bool = True,
-                default_cell: dict[str, Any] | None = None) -> str:
-    rows, problems = read_rows(results_dir, name)
-    for p in problems:
+                default_cell: dict[str, Any] | None = None, plots: bool = True) -> str:
+    """Builds (and with ``write``, writes) the table of one ablation and its plots. Returns the markdown, only
+    ``preset``'s part of it when given."""
+    results_dir = Path(results_dir)
+    rows, bad = read_rows(results_dir, name)
+    problems = [f"{_relative(p.file, results_dir)}:{p.line}: {p.reason}" for p in bad]
+    for p in bad:
         print(f"warning: {p}", file=sys.stderr)
-    if default_cell is None:
-        default_cell = _default_cell(name)
-    table, warnings = aggregate(rows, default_cell)
+    abl = _ablation_file(name)
+    if default_cell is None and abl is not None:
+        default_cell = abl.default_cell
+    problems += failed_lines(rows)
+    kinds = {r.get("kind", "pic") for r in rows}
+    out = results_dir / "tables"
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+
+    if kinds & set(ANALYSIS_KINDS):
+        return _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, preset, write, plots)
+
+    table, warnings = aggregate(rows, default_cell, abl.cell_overrides() if abl is not None else None)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    md = to_markdown(name, table, warnings, [str(p) for p in problems])
+    groups = sorted({(t["preset"], t["device"]) for t in table})
+    names = _plot_names(name, groups)
+    drawn: dict[tuple[str, str], str] = {}
+    if write and plots:
+        from . import plots as plotting
+
+        for g in groups:
+            part = [t for t in table if (t["preset"], t["device"]) == g]
+            if plotting.accuracy_plot(name, f"{name}: preset {g[0]}, {g[1]}", part, out / names[g]):
+                drawn[g] = names[g]
+    else:
+        drawn = {g: names[g] for g in groups if _has_axis(table, g)}
+    refs = reference_lines(table) if table else None
+    note = default_note(table, default_cell)
+    md = to_markdown(name, table, warnings, problems, refs, drawn, note)
     if write:
-        out = Path(results_dir) / "tables"
-        out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(md)
         (out / f"{name}.csv").write_text(to_csv(table))
         (out / f"{name}.tex").write_text(to_latex(name, table))
     if preset:
         keep = [t for t in table if t["preset"] == preset]
-        return to_markdown(name, keep, warnings, [str(p) for p in problems])
+        return to_markdown(name, keep, warnings, problems, refs, drawn, note)
+    return md
+
+
+def _has_axis(table: list[dict[str, Any]], g: tuple[str, str]) -> bool:
+    from .plots import varied_keys
+
+    pic = [t for t in table if (t["preset"], t["device"]) == g and t["kind"] == "pic"]
+    return len(pic) >= 2 and varied_keys(pic)[0] is not None
+
+
+def _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, preset, write, plots) -> str:
+    if len(kinds) > 1:
+        warnings.append(f"rows of several kinds ({', '.join(sorted(kinds))}) in one file; only "
+                        f"{', '.join(k for k in ANALYSIS_KINDS if k in kinds)} rows are shown")
+    kind = next(k for k in ANALYSIS_KINDS if k in kinds)
+    if kind == "visit_distance":
+        entries = _analysis_entries(rows, kind, warnings)
+        skipped: list[dict[str, Any]] = []
+        cols = VISIT_COLS
+    else:
+        entries, skipped = scaling_entries(rows, default_cell, warnings)
+        cols = SCALING_COLS
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    groups = sorted({(e["preset"], e["device"]) for e in entries})
+    names = _plot_names(name, groups)
+    if write and plots:
+        from . import plots as plotting
+
+        for g in groups:
+            part = [e for e in entries if (e["preset"], e["device"]) == g]
+            title = f"{name}: preset {g[0]}" + ("" if kind == "visit_distance" else f", {g[1]}")
+            (plotting.visit_plot if kind == "visit_distance" else plotting.scaling_plot)(title, part, out / names[g])
+
+    def render(es, sk):
+        if kind == "visit_distance":
+            return visit_markdown(name, es, warnings, problems, names)
+        return scaling_markdown(name, es, sk, warnings, problems, names)
+
+    md = render(entries, skipped)
+    if write:
+        (out / f"{name}.md").write_text(md)
+        (out / f"{name}.csv").write_text(to_csv(entries, cols))
+        (out / f"{name}.tex").write_text(_analysis_latex(name, entries, cols))
+    if preset:
+        return render([e for e in entries if e["preset"] == preset], [s for s in skipped if s["preset"] == preset])
     return md
 
 
@@ -236,14 +582,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.tables", description=__doc__.split("\n")[0])
     ap.add_argument("ablations", nargs="*", help="ablation names (default: every one with rows)")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS))
+    ap.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = ap.parse_args(argv)
     names = args.ablations or sorted(p.stem for p in (Path(args.results) / "rows").glob("*.jsonl"))
     if not names:
         print(f"no rows under {args.results}/rows/", file=sys.stderr)
         return 1
     for n in names:
-        build_table(n, Path(args.results), write=True)
-        print(f"wrote {args.results}/tables/{n}.md, .csv, .tex")
+        build_table(n, Path(args.results), write=True, plots=not args.no_plots)
+        print(f"wrote {args.results}/tables/{n}.md, .csv, .tex" + ("" if args.no_plots else " and plots"))
     return 0
 
 

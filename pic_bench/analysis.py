@@ -1,0 +1,357 @@
+"""Analysis ablations: measurements that need no training, one result row per cell, then their table and plots.
+
+    python -m pic_bench.run ablations/visit_distance.yaml small     # revisit distances, any N (ImageNet's too)
+    python -m pic_bench.run ablations/scaling.yaml small            # head / whole-step time and memory vs N
+
+``pic_bench.run`` hands ablation files with ``kind: analysis`` to ``run`` here; the file's name picks the
+analysis (``visit_distance*`` or ``scaling*``).
+
+- **visit_distance**: the stream of instance indices that a scheduler produces for ``optim.epochs * N`` samples,
+  and the distance (in samples) between every two consecutive visits of the same instance. Rows hold
+  quantiles, the share of revisits within 2D, and a log-binned histogram for the plot.
+- **scaling**: the classification head's step (gather the candidate rows of w, cosine logits, cross-entropy,
+  backward to z and the rows, the momentum-SGD update of w and u) and a whole training step (the backbone's
+  forward/backward and optimizer step on random inputs, then the head), timed and their peak memory measured at
+  every N of a grid up to ``data.num_instances``. Each cell of the file is an arm (full softmax, recent-K with or
+  without the correction). ``pic_bench.bench.scaling.measure_point(cfg, N, device)``, when that module exists,
+  replaces the minimal measurement here (same metric names).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import Ablation, Config, apply, config_hash
+from .results import append_row, has_row, make_row
+from .window import Schedule, make_schedule
+
+IMAGENET_1K_TRAIN = 1_281_167
+
+
+def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> int:
+    """Runs every cell x seed of an analysis ablation that has no ok row yet, then writes its table."""
+    if abl.name.startswith("visit_distance"):
+        measure = visit_cell
+    elif abl.name.startswith("scaling"):
+        measure = scaling_cells
+    else:
+        print(f"error: {abl.path}: no analysis is named '{abl.name}' (visit_distance* | scaling*)", file=sys.stderr)
+        return 2
+    for seed in abl.seeds:
+        for cell, cfg in abl.resolve(preset, cli):
+            cfg = apply(cfg, {"run.seed": seed}, "seeds")
+            for point_cell, point_cfg, kind, fn in measure(cell, cfg):
+                if has_row(results_dir, abl.name, kind, preset, config_hash(point_cfg), seed):
+                    print(f"{abl.name}: {point_cell} seed {seed}: row exists, skipped", file=sys.stderr)
+                    continue
+                status, metrics, derived, device, error = fn()
+                row = make_row(abl.name, preset, point_cell, point_cfg, status, metrics, derived, device,
+                               error=error, kind=kind)
+                append_row(row, results_dir)
+                print(f"{abl.name}: {point_cell} seed {seed}: {status} "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                                  if isinstance(v, float) and k in SUMMARY_KEYS), file=sys.stderr)
+    from .tables import build_table
+
+    print(build_table(abl.name, results_dir, preset=preset, write=True))
+    return 0
+
+
+SUMMARY_KEYS = ("median", "share_within_2D", "head_ms_median", "step_ms_median", "head_peak_mib")
+
+
+# ---------------------------------------------------------------------------------------------- visit distance
+def revisit_distances(schedule: Schedule, samples: int) -> np.ndarray:
+    """Distances between consecutive visits of the same instance over the first ``samples`` stream positions.
+
+    Walks the stream window by window: a window holds distinct instances (true of all three schedulers), so each
+    window is one vectorised step with no repeats inside it. Returns (revisits,) int64, in stream order of the
+    second visit. Equals ``window.visit_distances(schedule.positions(0, samples), N)``.
+    """
+    last = np.full(schedule.N, -1, dtype=np.int64)  # (N,) position of each instance's latest visit
+    out = []
+    pos, t = 0, 0
+    while pos < samples:
+        w = schedule.window(t)[: samples - pos]  # (L,) instance indices, distinct
+        p = pos + np.arange(len(w), dtype=np.int64)
+        prev = last[w]
+        seen = prev >= 0
+        out.append(p[seen] - prev[seen])
+        last[w] = p
+        pos += len(w)
+        t += 1
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def expected_median(scheduler: str, N: int, D: int, S: int) -> float:
+    """Median revisit distance by our derivation (not from the paper), nan where it has no simple form.
+
+    epoch: a visit at position i of one epoch and j of the next are N - i + j apart, i, j uniform: triangular on
+    (0, 2N) with median N. sliding (D < N, S <= D/2, N >= D + S): an instance sits in D/S consecutive windows,
+    so a share 1 - S/D of its revisits are D - i + j apart (triangular on (0, 2D)) and the rest come after the
+    window has wrapped (> 2D); the overall median is then D (1 + x) with x = 1 - sqrt(2 - 1 / (1 - S/D)).
+    """
+    if scheduler == "epoch" or (scheduler == "sliding" and D >= N):
+        return float(N)
+    if scheduler == "sliding" and 2 * S <= D and N >= D + S:
+        return D * (2.0 - math.sqrt(2.0 - 1.0 / (1.0 - S / D)))
+    return float("nan")
+
+
+def histogram(d: np.ndarray, bins_per_decade: int = 20) -> tuple[list[int], list[int]]:
+    """Log-spaced integer bin edges from 1 to past the largest distance, and the revisit counts in each bin."""
+    top = max(int(d.max()) + 1, 2) if len(d) else 2
+    edges = np.unique(np.round(np.logspace(0, math.log10(top) + 1e-9, int(math.log10(top) * bins_per_decade) + 2))
+                      .astype(np.int64))
+    edges[-1] = max(edges[-1], top)
+    counts, _ = np.histogram(d, bins=edges)
+    return edges.tolist(), counts.tolist()
+
+
+def visit_distance_metrics(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, derived) of one scheduler setting: N = data.num_instances, optim.epochs * N samples."""
+    p = cfg.pic
+    N = cfg.data.num_instances
+    if N <= 0:
+        raise ValueError("visit_distance needs data.num_instances > 0 (the N to simulate; ImageNet-1K: 1281167)")
+    samples = int(round(cfg.optim.epochs * N))
+    schedule = make_schedule(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle)
+    t0 = time.perf_counter()
+    d = revisit_distances(schedule, samples)
+    D = min(p.D, N)
+    q = np.percentile(d, [10, 25, 50, 75, 90, 99]) if len(d) else [float("nan")] * 6
+    edges, counts = histogram(d)
+    metrics = {
+        "revisits": int(len(d)), "p10": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
+        "p90": float(q[4]), "p99": float(q[5]), "mean": float(d.mean()) if len(d) else float("nan"),
+        "max": int(d.max()) if len(d) else 0, "median_over_D": float(q[2]) / D, "median_over_N": float(q[2]) / N,
+        "share_within_2D": float((d <= 2 * D).mean()) if len(d) else float("nan"),
+        "expected_median": expected_median(p.scheduler, N, D, p.S), "wall_s": time.perf_counter() - t0,
+    }
+    derived = {"N": N, "D": D, "S": p.S, "samples": samples, "hist_edges": edges, "hist_counts": counts}
+    return metrics, derived
+
+
+def visit_cell(cell: dict[str, Any], cfg: Config):
+    """One point per cell: the scheduler named by the cell's config."""
+    def fn():
+        metrics, derived = visit_distance_metrics(cfg)
+        return "ok", metrics, derived, "cpu", None
+
+    yield cell, cfg, "visit_distance", fn
+
+
+# --------------------------------------------------------------------------------------------------- scaling
+def n_grid(cap: int, start: int = 10_000) -> list[int]:
+    """Powers of ten from ``start`` below ``cap``, ImageNet-1K's N when below it, and ``cap`` itself."""
+    grid = {cap}
+    n = start
+    while n < cap:
+        grid.add(n)
+        n *= 10
+    if IMAGENET_1K_TRAIN < cap:
+        grid.add(IMAGENET_1K_TRAIN)
+    return sorted(grid)
+
+
+def scaling_cells(cell: dict[str, Any], cfg: Config):
+    """One point per N of the grid up to data.num_instances, for the arm (K, correction) this cell names."""
+    from .train import resolve_device
+
+    try:
+        from .bench import scaling as bench_scaling  # issue 5's benchmark, when present
+        measure = getattr(bench_scaling, "measure_point", None) or measure_point
+    except ImportError:
+        measure = measure_point
+    cap = cfg.data.num_instances
+    if cap <= 0:
+        raise ValueError("scaling needs data.num_instances > 0: the largest N to measure")
+    for N in n_grid(cap):
+        point_cfg = apply(cfg, {"data.num_instances": N}, "scaling grid")
+        point_cell = {**cell, "data.num_instances": N}
+
+        def fn(point_cfg=point_cfg, N=N):
+            device = resolve_device(point_cfg.run.device)
+            if point_cfg.run.threads:
+                torch.set_num_threads(point_cfg.run.threads)
+            need, have = memory_needed(point_cfg, N), memory_available(device)
+            derived = {"N": N, "K_effective": N if point_cfg.pic.K == 0 else min(point_cfg.pic.K, N),
+                       "B": point_cfg.optim.batch_size, "d": point_cfg.model.dim, "estimated_mib": need / 2**20,
+                       "available_mib": have / 2**20,
+                       "implementation": f"{measure.__module__}.{measure.__name__}"}
+            if need > 0.7 * have:
+                return ("skipped", {}, derived, device,
+                        f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
+            return "ok", measure(point_cfg, N, device), derived, device, None
+
+        yield point_cell, point_cfg, "scaling", fn
+
+
+def memory_needed(cfg: Config, N: int) -> float:
+    """Bytes a head step needs, by our estimate: w, u and their dense gradient (N, d), logits and their
+    gradient (B, K) twice over, the gathered rows and their gradient (K, d)."""
+    B, d = cfg.optim.batch_size, cfg.model.dim
+    K = N if cfg.pic.K == 0 else min(cfg.pic.K, N)
+    dense = cfg.pic.K == 0 or not cfg.pic.correction
+    el = 4
+    return el * (2 * N * d + (N * d if dense else 0) + 4 * B * K + 2 * K * d)
+
+
+def memory_available(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        text = Path("/proc/meminfo").read_text()
+        return float(re.search(r"MemAvailable:\s+(\d+)", text).group(1)) * 1024
+    except (OSError, AttributeError):
+        return float("inf")
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory above a baseline: CUDA max allocated, or on Linux CPUs the peak RSS (VmHWM) after resetting it
+    through /proc/self/clear_refs. ``kind`` says which, or 'unavailable' (values are then nan)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+        if device.type != "cuda" and not self._reset_rss():
+            self.kind = "unavailable"
+
+    @staticmethod
+    def _status(field: str) -> float:
+        m = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
+        return float(m.group(1)) * 1024
+
+    def _reset_rss(self) -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        gc.collect()
+        _malloc_trim()  # hand freed heap pages back, so the baseline RSS is what is live now
+        if self.kind == "cuda_max_allocated":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = float(torch.cuda.memory_allocated(self.device))
+        elif self.kind == "cpu_peak_rss":
+            self._reset_rss()
+            self.base = self._status("VmRSS")
+
+    def peak_mib(self) -> float:
+        if self.kind == "cuda_max_allocated":
+            torch.cuda.synchronize(self.device)
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        if self.kind == "cpu_peak_rss":
+            return (self._status("VmHWM") - self.base) / 2**20
+        return float("nan")
+
+
+def _time(step: Callable[[], None], device: torch.device, warmup: int = 2, min_repeats: int = 3,
+          max_repeats: int = 20, budget_s: float = 8.0) -> list[float]:
+    """Milliseconds per call of ``step`` (device synchronised), after up to ``warmup`` calls (one when a call
+    takes more than a tenth of the budget); stops after ``budget_s`` once ``min_repeats`` calls are timed."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if time.perf_counter() - t0 > budget_s / 10:
+            break
+    out: list[float] = []
+    start = time.perf_counter()
+    while len(out) < max_repeats and (len(out) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def measure_point(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
+    """Step time and peak memory of the head and of a whole step at N instances (the minimal measurement).
+
+    The head mirrors ``Trainer.train_step``: recent negatives select U, the rows w_U are gathered, the PIC loss
+    of a random z (B, d) is backpropagated to z and w_U, and ``update_rows`` applies momentum SGD to w and u
+    (rows U only with the correction, all N rows without it, or when U is every instance). The whole step adds
+    the backbone and projection head's forward, backward and SGD step on random images of the config's size.
+    Peak memory is measured from before w and u are allocated, so it includes them (``state_mib``).
+    """
+    from .model import PICModel
+    from .train import seed_everything
+
+    o = cfg.optim
+    B = o.batch_size
+    seed_everything(cfg.run.seed)
+    channels = 1 if cfg.data.dataset in ("fashion_mnist", "digits") else 3
+    model = PICModel(cfg.model, channels).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=o.base_lr * B / 256, momentum=o.momentum,
+                          weight_decay=o.weight_decay)
+    x = torch.randn(B, channels, cfg.data.image_size, cfg.data.image_size, device=device)  # (B, C, H, W)
+    results: dict[str, Any] = {}
+    for part in ("head", "step"):
+        results.update(_measure_part(cfg, N, device, part, model, opt, x))
+    dtype_bytes = 4 if cfg.pic.storage == "float32" else 2
+    results["state_mib"] = 2 * N * model.out_dim * dtype_bytes / 2**20
+    results["images_per_s"] = B * 1000 / results["step_ms_median"]
+    return results
+
+
+def _measure_part(cfg: Config, N: int, device: torch.device, part: str, model: torch.nn.Module,
+                  opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, Any]:
+    """Times ``part`` ('head': random z; 'step': the model on x, then the head) on fresh w and u (N, d)."""
+    from .loss import pic_loss
+    from .negatives import RecentNegatives
+    from .update import update_rows
+
+    p, o = cfg.pic, cfg.optim
+    B, d = o.batch_size, model.out_dim
+    lr = o.base_lr * B / 256
+    schedule = make_schedule(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle)
+    mem = PeakMemory(device)
+    mem.start()
+    dtype = torch.float32 if p.storage == "float32" else torch.bfloat16
+    w = (torch.randn(N, d, device=device) * p.w_init_std).to(dtype)  # (N, d)
+    u = torch.zeros_like(w)  # (N, d)
+    negatives = RecentNegatives(N, p.K, device)
+    negatives.refill(schedule, max(p.K, B))  # a full ring, as in the middle of training
+    position = [max(p.K, B)]
+
+    def step() -> None:
+        index = torch.from_numpy(schedule.positions(position[0], B)).to(device)  # (B,)
+        position[0] += B
+        z = model(x) if part == "step" else torch.randn(B, d, device=device, requires_grad=True)  # (B, d)
+        U, target = negatives.select(index)  # (|U|,), (B,)
+        w_U = (w if U.numel() == N else w.index_select(0, U)).detach().float().requires_grad_()  # (|U|, d)
+        loss = pic_loss(z, w_U, target, p.tau, p.softmax == "cosine")
+        if part == "step":
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if part == "step":
+            opt.step()
+        update_rows(w, u, U, w_U.grad, lr, o.momentum, o.weight_decay, p.correction)
+
+    cap = o.max_steps or 20  # optim.max_steps caps the timed steps per point (smoke)
+    ms = _time(step, device, min_repeats=min(3, cap), max_repeats=cap, budget_s=5.0)
+    return {f"{part}_ms_median": float(np.median(ms)), f"{part}_ms_p90": float(np.percentile(ms, 90)),
+            f"{part}_repeats": len(ms), f"{part}_peak_mib": mem.peak_mib(), "peak_mem_kind": mem.kind}

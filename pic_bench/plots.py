@@ -1,0 +1,184 @@
+"""Plots rebuilt from result rows (matplotlib, Agg), written as PNG beside the tables by ``pic_bench.tables``.
+
+    python -m pic_bench.tables          # regenerates every table and its plots under results/tables/
+
+- training ablations: kNN and linear top-1 (mean +- std over seeds) against the first numeric setting that the
+  ablation varies (K, D, epochs, tau, ...), one line per combination of the other varied settings; a setting
+  measured at a single point (the epoch and official schedulers against D) is a dashed horizontal line, the
+  baselines dotted grey lines. ``pic.K = 0`` (all instances) is drawn at K = N.
+- scaling: head and whole-step time and peak memory against N, log-log, one line per arm.
+- visit_distance: histograms of the distance between consecutive visits of an instance, log-binned, one panel
+  per (N, D, S), one line per scheduler, with D and N marked.
+
+Every function takes the table rows the tables module built and returns whether it wrote a file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+SAVE = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: the same rows give the same bytes
+
+
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return (config.get(section) or {}).get(key)
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def varied_keys(table: list[dict[str, Any]]) -> tuple[str | None, list[str]]:
+    """(x key, series keys): the first numeric setting that varies across the PIC cells, and the other varied ones.
+
+    Keys are the cells' override keys in order of first appearance; values come from each row's resolved config,
+    so a cell that leaves a key at the preset's value still has a position on that axis.
+    """
+    keys: list[str] = []
+    for t in table:
+        for k in t["cell_dict"]:
+            if k not in keys:
+                keys.append(k)
+    varied = [k for k in keys if len({repr(config_value(t["config"], k)) for t in table}) > 1]
+    numeric = [k for k in varied if all(_numeric(config_value(t["config"], k)) for t in table)]
+    if not numeric:
+        return None, varied
+    x = numeric[0]
+    return x, [k for k in varied if k != x]
+
+
+def _x(t: dict[str, Any], key: str) -> float:
+    v = config_value(t["config"], key)
+    if key == "pic.K" and v == 0:  # all instances
+        return float((t.get("derived") or {}).get("N") or np.nan)
+    return float(v)
+
+
+def _tick(v: float, key: str, table: list[dict[str, Any]]) -> str:
+    if key == "pic.K" and any(config_value(t["config"], key) == 0 and _x(t, key) == v for t in table):
+        return f"all\n({v:,.0f})"
+    return f"{v:g}"
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, **SAVE)
+    plt.close(fig)
+
+
+def accuracy_plot(name: str, title: str, table: list[dict[str, Any]], path: Path) -> bool:
+    """Accuracy against the ablation's numeric axis; False (nothing written) when it varies none."""
+    pic = [t for t in table if t["kind"] == "pic"]
+    if len(pic) < 2:
+        return False
+    xkey, series_keys = varied_keys(pic)
+    if xkey is None:
+        return False
+    series: dict[str, list[dict[str, Any]]] = {}
+    for t in pic:
+        label = ", ".join(f"{k}={config_value(t['config'], k)}" for k in series_keys) or "PIC"
+        series.setdefault(label, []).append(t)
+    xs_all = [_x(t, xkey) for t in pic if np.isfinite(_x(t, xkey))]
+    log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, mname in zip(axes, ("knn_top1", "linear_top1"), ("kNN top-1 (%)", "linear top-1 (%)")):
+        for i, (label, ts) in enumerate(series.items()):
+            ts = sorted(ts, key=lambda t: _x(t, xkey))
+            xs = np.array([_x(t, xkey) for t in ts])
+            shift = (i - (len(series) - 1) / 2) * 0.025  # dodge series apart so overlapping error bars show
+            span = (max(xs_all) - min(xs_all)) if xs_all else 0.0
+            xs = xs * (1 + shift) if log else xs + shift * span
+            ys = np.array([t[metric + "_mean"] for t in ts])
+            es = np.array([0.0 if np.isnan(t[metric + "_std"]) else t[metric + "_std"] for t in ts])
+            color = f"C{i}"
+            if len(ts) == 1 and len(pic) > 1 and series_keys:
+                ax.axhline(ys[0], color=color, ls="--", lw=1.2, label=f"{label} (one setting)")
+                ax.errorbar(xs, ys, yerr=es, fmt="o", color=color, capsize=3)
+            else:
+                ax.errorbar(xs, ys, yerr=es, fmt="-o", color=color, capsize=3, label=label)
+        for j, kind in enumerate(sorted({t["kind"] for t in table if t["kind"] != "pic"})):
+            vals = [t[metric + "_mean"] for t in table if t["kind"] == kind]
+            ax.axhline(float(np.mean(vals)), color="0.5", ls=":" if j == 0 else "-.", lw=1,
+                       label=kind.replace("baseline_", "baseline: "))
+        if log:
+            ax.set_xscale("log")
+        ticks = sorted(set(xs_all))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_tick(v, xkey, pic) for v in ticks], fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xkey + (" (0 = all: drawn at N)" if xkey == "pic.K" else ""))
+        ax.set_ylabel(mname)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
+    """Step time and peak memory against N, log-log; ``points`` are ok scaling rows' table entries."""
+    if not points:
+        return False
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for p in sorted(points, key=lambda p: (p["arm"].startswith("recent"), "dense" not in p["arm"], p["arm"])):
+        arms.setdefault(p["arm"], []).append(p)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (arm, ps) in enumerate(arms.items()):
+        ps = sorted(ps, key=lambda p: p["N"])
+        n = [p["N"] for p in ps]
+        color = f"C{i}"
+        ax_t.plot(n, [p["head_ms_median"] for p in ps], "-o", color=color, label=f"{arm}: head")
+        ax_t.plot(n, [p["step_ms_median"] for p in ps], "--s", color=color, label=f"{arm}: whole step")
+        ax_m.plot(n, [p["head_peak_mib"] for p in ps], "-o", color=color, label=f"{arm}: head peak")
+        ax_m.plot(n, [p["step_peak_mib"] for p in ps], "--s", color=color, label=f"{arm}: whole-step peak")
+    state = sorted({(p["N"], p["state_mib"]) for p in points})
+    ax_m.plot([s[0] for s in state], [s[1] for s in state], ":", color="0.4", label="w and u (state)")
+    for ax, ylabel in ((ax_t, "step time (ms, median)"), (ax_m, "peak memory (MiB, from before w, u)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N (instances)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def visit_plot(title: str, entries: list[dict[str, Any]], path: Path) -> bool:
+    """Revisit-distance histograms: one panel per (N, D, S), one line per scheduler (share of revisits per bin)."""
+    if not entries:
+        return False
+    settings = sorted({(e["N"], e["D"], e["S"]) for e in entries})
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
+    order = {"epoch": 0, "sliding": 1, "official": 2}
+    for ax, (N, D, S) in zip(axes[0], settings):
+        es = sorted((e for e in entries if (e["N"], e["D"], e["S"]) == (N, D, S)),
+                    key=lambda e: (order.get(e["scheduler"], 9), e["scheduler"]))
+        for e in es:
+            edges = np.asarray(e["hist_edges"], dtype=float)
+            counts = np.asarray(e["hist_counts"], dtype=float)
+            share = counts / max(counts.sum(), 1)
+            ax.stairs(share, edges, color=f"C{order.get(e['scheduler'], 3)}", lw=1.5,
+                      label=f"{e['scheduler']} (median {e['median']:.3g})")
+        ax.axvline(D, color="0.3", ls="--", lw=1)
+        ax.axvline(N, color="0.3", ls=":", lw=1)
+        ax.text(D, ax.get_ylim()[1] * 0.95, " D", fontsize=8, va="top")
+        ax.text(N, ax.get_ylim()[1] * 0.85, " N", fontsize=8, va="top")
+        ax.set_xscale("log")
+        ax.set_xlabel("samples between consecutive visits of an image")
+        ax.set_ylabel("share of revisits per bin")
+        ax.set_title(f"N={N:,}, D={D:,}, S={S:,}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+    return True

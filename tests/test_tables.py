@@ -1,0 +1,322 @@
+"""Tables and plots from result rows: byte-for-byte regeneration, statistics, bad input, reference numbers.
+
+    nice -n 10 python -m pytest tests/test_tables.py -q
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pic_bench import reference, tables
+from pic_bench.config import apply, build, config_hash, to_dict
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make(ablation: str, cell: dict, seed: int, knn: float, lin: float, preset: str = "small",
+         device: str = "cpu: test machine", kind: str = "pic", status: str = "ok", extra: dict | None = None,
+         chash: str | None = None, metrics: dict | None = None, derived: dict | None = None) -> dict:
+    """A result row as results.make_row writes it (config resolved from the preset and the cell)."""
+    cfg = apply(build(preset, cell, extra or {}), {"run.seed": seed}, "test")
+    m = {"knn_top1": knn, "linear_top1": lin, "step_ms_median": 50.0 + seed, "step_ms_p90": 60.0,
+         "images_per_s": 5000.0, "peak_mem_mib": 900.0} if metrics is None else metrics
+    return {"ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "seed": seed, "status": status,
+            "config_hash": chash or config_hash(cfg), "config": to_dict(cfg), "metrics": m, "error": None,
+            "derived": {"N": 10000} if derived is None else derived, "device": device}
+
+
+def line_starting(text: str, prefix: str) -> str:
+    return next(x for x in text.splitlines() if x.startswith(prefix))
+
+
+def write_rows(results: Path, name: str, rows: list[dict], extra_lines: list[str] = ()) -> Path:
+    path = results / "rows" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows) + "".join(extra_lines))
+    return path
+
+
+def negatives_rows() -> list[dict]:
+    """negatives_k-like rows: K = 0 is the default; per-seed values chosen for a hand computation."""
+    rows = []
+    default = {0: 78.0, 1: 81.0, 2: 82.0}
+    k256 = {0: 80.0, 1: 82.0, 2: 85.0}  # differences 2, 1, 3: mean 2, sd 1
+    k1024 = {0: 79.0, 1: 80.0, 2: 83.0}
+    for s in range(3):
+        rows.append(make("negatives_k", {"pic.K": 256}, s, k256[s], k256[s] - 10))
+        rows.append(make("negatives_k", {"pic.K": 1024}, s, k1024[s], k1024[s] - 10))
+        rows.append(make("negatives_k", {"pic.K": 0}, s, default[s], default[s] - 10))
+        rows.append(make("negatives_k", {"pic.K": 0}, s, 70.0 + s, 60.0, kind="baseline_random",
+                         metrics={"knn_top1": 70.0 + s, "linear_top1": 60.0}))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- statistics
+def test_paired_ci_matches_a_hand_computation():
+    a = {0: 80.0, 1: 82.0, 2: 85.0}
+    b = {0: 78.0, 1: 81.0, 2: 82.0}
+    # d = (2, 1, 3): mean 2, sample sd 1, t_{0.975, 2} = 4.303, half-width 4.303 * 1 / sqrt(3) = 2.4844
+    mean, half, n = tables.paired_ci(a, b)
+    assert (mean, n) == (2.0, 3)
+    assert half == pytest.approx(4.303 / math.sqrt(3), abs=1e-12)
+    assert half == pytest.approx(2.4844, abs=1e-4)
+    # Only shared seeds pair; one pair has no interval; none has no mean.
+    assert tables.paired_ci({0: 1.0, 5: 9.0}, {0: 0.5, 7: 2.0})[0] == 0.5
+    assert math.isnan(tables.paired_ci({0: 1.0}, {0: 0.5})[1])
+    assert tables.paired_ci({0: 1.0}, {1: 0.5})[2] == 0
+
+
+def test_t_quantiles_and_mean_std():
+    assert tables.t975(1) == 12.706 and tables.t975(2) == 4.303 and tables.t975(30) == 2.042
+    assert tables.t975(31) == 1.96
+    mean, std = tables.mean_std([80.0, 82.0, 85.0])
+    assert mean == pytest.approx(82.3333333) and std == pytest.approx(math.sqrt(((80 - mean) ** 2 + (82 - mean) ** 2
+                                                                                 + (85 - mean) ** 2) / 2))
+
+
+def test_table_shows_the_hand_computed_change_against_the_default(tmp_path):
+    write_rows(tmp_path, "negatives_k", negatives_rows())
+    md = tables.build_table("negatives_k", tmp_path, write=True)
+    line = line_starting(md, "| pic.K=256 |")
+    assert "| 82.33 ± 2.52 |" in line  # mean and sd of 80, 82, 85
+    assert "+2.00 ± 2.48 (n=3)" in line  # the hand computation above
+    assert "80.00, 82.00, 85.00" in line  # the individual values, in seed order
+    assert "| pic.K=0 (default) |" in md
+    default = line_starting(md, "| pic.K=0 (default) |")
+    assert "| — | — |" in default
+    csv = (tmp_path / "tables" / "negatives_k.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    row = dict(zip(header, next(x for x in csv if ",pic.K=256," in x).split(",")))
+    assert float(row["delta_knn_top1"]) == 2.0 and float(row["ci_knn_top1"]) == pytest.approx(2.4844, abs=1e-4)
+    assert row["seeds"] == "0 1 2" and row["n"] == "3"
+
+
+def test_partial_default_compares_each_cell_with_its_own_k(tmp_path):
+    rows = []
+    for s in range(3):
+        rows += [make("weight_correction", {"pic.K": 256, "pic.correction": True}, s, 70.0 + s, 60.0),
+                 make("weight_correction", {"pic.K": 256, "pic.correction": False}, s, 60.0 + s, 50.0),
+                 make("weight_correction", {"pic.K": 4096, "pic.correction": True}, s, 90.0, 80.0),
+                 make("weight_correction", {"pic.K": 4096, "pic.correction": False}, s, 89.0, 79.0)]
+    write_rows(tmp_path, "weight_correction", rows)
+    md = tables.build_table("weight_correction", tmp_path, write=False,
+                            default_cell={"pic.correction": True})
+    off256 = line_starting(md, "| pic.K=256, pic.correction=False |")
+    off4096 = line_starting(md, "| pic.K=4096, pic.correction=False |")
+    assert "-10.00 ± 0.00 (n=3)" in off256  # against K = 256 with the correction, not against K = 4096
+    assert "-1.00 ± 0.00 (n=3)" in off4096
+    assert "change against the same cell with pic.correction=True" in md
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def test_same_rows_give_the_same_bytes_in_any_row_order(tmp_path):
+    rows = negatives_rows()
+    write_rows(tmp_path / "a", "negatives_k", rows)
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    write_rows(tmp_path / "b", "negatives_k", shuffled)
+    assert tables.main(["--results", str(tmp_path / "a")]) == 0
+    assert tables.main(["--results", str(tmp_path / "b")]) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "a" / "tables").iterdir()}
+    assert set(first) == {"negatives_k.md", "negatives_k.csv", "negatives_k.tex", "negatives_k_small.png"}
+    assert first == {p.name: p.read_bytes() for p in (tmp_path / "b" / "tables").iterdir()}
+    # Again into the same folder: nothing changes.
+    assert tables.main(["--results", str(tmp_path / "a")]) == 0
+    assert first == {p.name: p.read_bytes() for p in (tmp_path / "a" / "tables").iterdir()}
+    assert first["negatives_k_small.png"].startswith(PNG)
+    assert "![negatives_k, preset small](negatives_k_small.png)" in first["negatives_k.md"].decode()
+
+
+def test_committed_tables_regenerate_byte_for_byte(tmp_path):
+    """`python -m pic_bench.tables` rebuilds every committed table from the committed rows, byte for byte."""
+    rows_dir, tables_dir = REPO / "results" / "rows", REPO / "results" / "tables"
+    committed_rows = sorted(rows_dir.glob("*.jsonl")) if rows_dir.is_dir() else []
+    committed = sorted(p for p in tables_dir.iterdir() if p.suffix in (".md", ".csv", ".tex")) \
+        if tables_dir.is_dir() else []
+    # Every table comes from rows, and every rows file has its table committed.
+    assert {p.stem for p in committed} <= {p.stem for p in committed_rows}, "a committed table has no rows"
+    assert {p.stem for p in committed_rows} <= {p.stem for p in committed if p.suffix == ".md"}, \
+        "rows were committed without their table: run python -m pic_bench.tables"
+    if not committed_rows:
+        return
+    shutil.copytree(rows_dir, tmp_path / "rows")
+    assert tables.main(["--results", str(tmp_path)]) == 0
+    for p in committed:
+        regenerated = tmp_path / "tables" / p.name
+        assert regenerated.is_file(), f"{p.name} is not regenerated"
+        assert regenerated.read_bytes() == p.read_bytes(), f"{p.name} differs from its regeneration"
+    for png in tables_dir.glob("*.png"):
+        assert (tmp_path / "tables" / png.name).read_bytes().startswith(PNG), f"{png.name} is not regenerated"
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_malformed_and_truncated_rows_are_reported_by_file_and_line(tmp_path, capsys):
+    good = [make("negatives_k", {"pic.K": 0}, s, 80.0 + s, 70.0) for s in range(3)]
+    lines = [json.dumps(r, sort_keys=True) + "\n" for r in good]
+    bad = json.dumps(make("negatives_k", {"pic.K": 256}, 0, 99.0, 99.0), sort_keys=True)
+    path = tmp_path / "rows" / "negatives_k.jsonl"
+    path.parent.mkdir(parents=True)
+    # line 2: not JSON; line 4: a row without its metrics; line 6: a row cut off by a killed writer (no newline)
+    path.write_text(lines[0] + "garbage\n" + lines[1] + '{"ablation": "negatives_k", "seed": 3}\n' + lines[2]
+                    + bad[: len(bad) // 2])
+    assert tables.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "tables" / "negatives_k.md").read_text()
+    assert "rows/negatives_k.jsonl:2: malformed JSON" in md
+    assert "rows/negatives_k.jsonl:4: missing field(s)" in md
+    assert "rows/negatives_k.jsonl:6: malformed JSON" in md
+    err = capsys.readouterr().err
+    assert "negatives_k.jsonl:2" in err and "negatives_k.jsonl:6" in err
+    default = line_starting(md, "| pic.K=0 (default) | pic | 3 |")
+    assert "81.00 ± 1.00" in default  # the three valid rows
+    assert "pic.K=256" not in md.split("## Published reference")[0]  # the truncated row is not half-used
+
+
+def test_mismatched_configs_for_one_cell_are_reported_not_averaged(tmp_path):
+    rows = [make("negatives_k", {"pic.K": 256}, 0, 80.0, 70.0),
+            make("negatives_k", {"pic.K": 256}, 1, 90.0, 75.0, extra={"pic.tau": 0.5}),  # same cell, other config
+            make("negatives_k", {"pic.K": 256}, 2, 82.0, 71.0)]
+    h_a, h_b = rows[0]["config_hash"], rows[1]["config_hash"]
+    assert h_a != h_b and rows[2]["config_hash"] == h_a
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=True)
+    assert f"has rows with 2 different configs ({', '.join(sorted([h_a, h_b]))}): reported apart, not averaged" in md
+    a = line_starting(md, f"| pic.K=256 [config {h_a}] |")
+    b = line_starting(md, f"| pic.K=256 [config {h_b}] |")
+    assert "| 2 | 81.00 ± 1.41 |" in a  # seeds 0 and 2 only
+    assert "| 1 | 90.00 ± n/a |" in b
+    assert "84.00" not in md  # the mean of all three never appears
+
+
+def test_failed_runs_and_duplicate_seeds_are_listed(tmp_path):
+    rows = [make("negatives_k", {"pic.K": 0}, 0, 80.0, 70.0), make("negatives_k", {"pic.K": 0}, 1, 81.0, 70.0),
+            make("negatives_k", {"pic.K": 0}, 1, 83.0, 70.0)]
+    failed = make("negatives_k", {"pic.K": 0}, 2, 0.0, 0.0, status="failed", metrics={})
+    failed["error"] = "non-finite loss nan at step 12 (lr 0.4)\ntraceback"
+    write_rows(tmp_path, "negatives_k", rows + [failed])
+    md = tables.build_table("negatives_k", tmp_path, write=False)
+    assert "failed run: cell 'pic.K=0' (pic, preset small) seed 2: non-finite loss nan at step 12 (lr 0.4)" in md
+    assert "seed 1 has more than one row; the last is used" in md
+    assert "| pic.K=0 (default) | pic | 2 | 81.50 ± 2.12 |" in md  # seeds 0 and 1 (the later row), not 2
+
+
+def test_presets_and_devices_are_never_averaged_together(tmp_path):
+    rows = [make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0) for s in range(2)]
+    rows += [make("negatives_k", {"pic.K": 0}, s, 60.0, 50.0, device="NVIDIA H100 80GB HBM3") for s in range(2)]
+    rows += [make("negatives_k", {"pic.K": 0}, s, 40.0, 30.0, preset="smoke") for s in range(2)]
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=True)
+    assert "## preset `small` on cpu: test machine" in md
+    assert "## preset `small` on NVIDIA H100 80GB HBM3" in md
+    assert "## preset `smoke` on cpu: test machine" in md
+    means = sorted(x.split("|")[4].strip() for x in md.splitlines() if x.startswith("| pic.K=0 (default) |"))
+    assert means == ["40.00 ± 0.00", "60.00 ± 0.00", "80.00 ± 0.00"]
+    # one plot per (preset, device) would need a numeric axis; one cell has none, so no plot and no link
+    assert not list((tmp_path / "tables").glob("*.png")) and "![" not in md
+
+
+# -------------------------------------------------------------------------------------------------- reference
+def test_reference_data_is_in_the_project_with_its_source():
+    refs = reference.load()
+    pic = [r for r in refs if r.is_pic]
+    assert [(r.epochs, r.top1) for r in pic] == [(200, 68.6), (400, 70.3), (1600, 70.8)]
+    assert all("bl0/PIC" in r.source and r.backbone == "ResNet-50" for r in refs)
+    shared = REPO.parent / "shared" / "reference" / "pic_official_readme.csv"
+    if shared.is_file():  # the team's verified transcription: the project copy is byte-identical
+        assert shared.read_bytes() == reference.CSV.read_bytes()
+
+
+def test_reference_is_context_only_when_no_setting_matches(tmp_path):
+    write_rows(tmp_path, "negatives_k", negatives_rows())
+    md = tables.build_table("negatives_k", tmp_path, write=False)
+    ref = md.split("## Published reference")[1]
+    assert "listed for context only: no matching setting reproduced here" in ref
+    assert "| PIC multi-crop (1x160 + 3x96) | 200 | 68.6 | 88.8 |" in ref
+    assert "ours − reference" not in ref
+
+
+def test_reference_is_shown_beside_a_cell_that_ran_its_setting(tmp_path):
+    setting = {**reference.PIC_README_SETTING, "optim.epochs": 200}
+    rows = [make("epochs", {"optim.epochs": 200}, s, 55.0, 67.0 + s, preset="paper", extra=setting,
+                 derived={"N": reference.IMAGENET_1K_TRAIN}) for s in range(3)]
+    # the same setting on a folder that is not ImageNet-1K's size must not match
+    rows += [make("epochs", {"optim.epochs": 400}, s, 55.0, 60.0, preset="paper",
+                  extra={**setting, "optim.epochs": 400}, derived={"N": 50000}) for s in range(3)]
+    write_rows(tmp_path, "epochs", rows)
+    md = tables.build_table("epochs", tmp_path, write=True, default_cell={"optim.epochs": 200})
+    ref = md.split("## Published reference")[1]
+    line = next(x for x in ref.splitlines() if "optim.epochs=200" in x)
+    assert "| 68.00 ± 1.00 | 68.6 | -0.60 |" in line
+    assert "optim.epochs=400" not in ref
+    csv = (tmp_path / "tables" / "epochs.csv").read_text()
+    assert ",68.6000,-0.6000" in csv
+    assert reference.match(to_dict(build("small"))) is None
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def test_accuracy_plot_follows_the_numeric_axis(tmp_path):
+    rows = []
+    for s in range(2):
+        for D, S in ((1024, 128), (1024, 512), (4096, 128)):
+            rows.append(make("sliding_window", {"pic.D": D, "pic.S": S}, s, 80.0 + D / 1024, 70.0))
+        for sched in ("sliding", "epoch", "official"):
+            rows.append(make("sliding_window", {"pic.scheduler": sched}, s, 75.0, 65.0))
+    write_rows(tmp_path, "sliding_window", rows)
+    md = tables.build_table("sliding_window", tmp_path, write=True)
+    png = tmp_path / "tables" / "sliding_window_small.png"
+    assert png.read_bytes().startswith(PNG) and "(sliding_window_small.png)" in md
+    from pic_bench.plots import varied_keys
+
+    table, _ = tables.aggregate(rows, {"pic.scheduler": "sliding"})
+    x, series = varied_keys([t for t in table if t["kind"] == "pic"])
+    assert x == "pic.D" and set(series) == {"pic.S", "pic.scheduler"}
+
+
+def test_analysis_tables_and_plots(tmp_path):
+    from pic_bench.analysis import visit_distance_metrics
+
+    rows = []
+    for sched in ("epoch", "sliding", "official"):
+        cfg = build("small", {"data.num_instances": 2000, "pic.D": 400, "pic.S": 50, "optim.epochs": 8,
+                              "pic.scheduler": sched})
+        m, d = visit_distance_metrics(cfg)
+        rows.append({**make("visit_distance", {"pic.scheduler": sched}, 0, 0, 0, kind="visit_distance",
+                            extra={"data.num_instances": 2000, "pic.D": 400, "pic.S": 50, "optim.epochs": 8,
+                                   "pic.scheduler": sched}, metrics=m, derived=d)})
+    write_rows(tmp_path, "visit_distance", rows)
+    scaling = []
+    for cell, head in (({"pic.K": 0, "pic.correction": False}, 100.0), ({"pic.correction": True}, 4.0)):
+        for N in (10_000, 100_000):
+            m = {"head_ms_median": head * N / 10_000 if cell.get("pic.K") == 0 else head, "head_ms_p90": 1.0,
+                 "step_ms_median": 50.0, "step_ms_p90": 60.0, "state_mib": 2 * N * 128 * 4 / 2**20,
+                 "head_peak_mib": 10.0, "step_peak_mib": 20.0, "peak_mem_kind": "cpu_peak_rss"}
+            scaling.append(make("scaling", {**cell, "data.num_instances": N}, 0, 0, 0, kind="scaling", metrics=m,
+                                extra={**cell, "data.num_instances": N},
+                                derived={"N": N, "K_effective": N if cell.get("pic.K") == 0 else 4096, "B": 256,
+                                         "d": 128, "implementation": "test"}))
+    skipped = make("scaling", {"pic.K": 0, "pic.correction": False, "data.num_instances": 10**8}, 0, 0, 0,
+                   kind="scaling", status="skipped", metrics={}, derived={"N": 10**8},
+                   extra={"pic.K": 0, "pic.correction": False, "data.num_instances": 10**8})
+    skipped["error"] = "needs about 95.4 GiB, 70.0 GiB available"
+    write_rows(tmp_path, "scaling", scaling + [skipped])
+    assert tables.main(["--results", str(tmp_path)]) == 0
+    out = tmp_path / "tables"
+    assert (out / "visit_distance_small.png").read_bytes().startswith(PNG)
+    assert (out / "scaling_small.png").read_bytes().startswith(PNG)
+    visit = (out / "visit_distance.md").read_text()
+    sliding = line_starting(visit, "| sliding | 2,000 | 400 | 50 |")
+    share = float(sliding.split("|")[14])
+    assert share >= 0.85  # 7 of 8 revisits within 2D at D / S = 8
+    sc = (out / "scaling.md").read_text()
+    full = line_starting(sc, "| full softmax (all N), dense update | 100,000 |")
+    recent = line_starting(sc, "| recent K=4096, correction | 100,000 |")
+    assert full.rstrip().endswith("| 1.0 |") and recent.rstrip().endswith("| 250.0 |")  # 1000 ms / 4 ms
+    assert "N = 100,000,000: needs about 95.4 GiB, 70.0 GiB available" in sc
+    assert (out / "scaling.csv").read_text().count("\n") == 5  # header + 4 measured points
+    assert np.isfinite(float((out / "visit_distance.csv").read_text().splitlines()[1].split(",")[9]))
