@@ -119,6 +119,16 @@ def test_missing_cluster_file_and_missing_sinfo_are_named(tmp_path, monkeypatch,
     assert code == 2 and "sinfo not found" in err
 
 
+def test_cluster_settings_in_an_ablation_file_are_refused(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(ABLATION + "slurm: {partition: gpu}\n")
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['slurm'\]"):
+        load_ablation(path)
+    path.write_text(ABLATION.replace("overrides: {", "overrides: {time_min: 30, "))
+    with pytest.raises(ConfigError, match="unknown config key 'time_min'"):
+        load_ablation(path)
+
+
 def test_shipped_cluster_file_loads():
     cc = launch.load_cluster(REPO / "slurm" / "cluster.yaml")
     assert cc.ranks == 1 and cc.time_min * 60 > cc.signal_delay_s + launch.STARTUP_S

@@ -10,10 +10,12 @@ STATE=/var/spool/pic_bench_slurm
 LOG=/var/log/pic_bench_slurm
 RUN=/run/pic_bench_slurm
 say() { echo "[local_cluster] $*" >&2; }
-# alive PIDFILE [NAME]: the pid in PIDFILE runs and (a stale pid file may name a reused pid) is that daemon
+# alive PIDFILE [NAME]: the pid in PIDFILE runs, is not a zombie (a container's init may never reap a killed
+# daemon) and, since a stale pid file may name a reused pid, is that daemon
 alive() {
   local pid
-  [[ -f $1 ]] && pid=$(cat "$1") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -f $1 ]] && pid=$(cat "$1") && [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
   [[ -z ${2:-} || $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
 }
 

@@ -24,10 +24,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "[local_cluster] $*" >&2; }
 die() { say "error: $*"; exit 1; }
-# alive PIDFILE [NAME]: the pid in PIDFILE runs and (a stale pid file may name a reused pid) is that daemon
+# alive PIDFILE [NAME]: the pid in PIDFILE runs, is not a zombie (a container's init may never reap a killed
+# daemon) and, since a stale pid file may name a reused pid, is that daemon
 alive() {
   local pid
-  [[ -f $1 ]] && pid=$(cat "$1") && [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ -f $1 ]] && pid=$(cat "$1") && [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
   [[ -z ${2:-} || $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]]
 }
 wait_for() {  # wait_for SECONDS WHAT CMD...: polls CMD until it succeeds or the time is up
@@ -73,7 +75,7 @@ chmod 0400 /etc/munge/munge.key
 chmod 0755 /run/munge
 if ! alive /run/munge/munged.pid munged; then
   say "starting munged"
-  runuser -u munge -- /usr/sbin/munged
+  runuser -u munge -- /usr/sbin/munged --force  # --force: a killed munged may have left its socket behind
   started munged /run/munge/munged.pid
 fi
 wait_for 15 "munged" bash -c 'munge -n | unmunge' || { show_log /var/log/munge/munged.log; exit 1; }
