@@ -52,7 +52,7 @@ class DataConfig:
     small_views: int = 0  # extra small crops (multi-crop, official: 3 x 96 px); they do not train w
     small_size: int = 96  # side of the small crops, px
     small_crop_max: float = 0.14  # small crops take area in [crop_min_small, this]; large in [this, 1] with multi-crop
-    loader: str = "auto"  # auto (DALI where installed, else torchvision) | dali | torchvision
+    loader: str = "auto"  # auto (DALI where installed, else torchvision) | dali | torchvision | batched (in-memory)
     workers: int = 0  # loader worker processes (torchvision) or threads (DALI)
     on_bad_image: str = "error"  # error | skip (skipped images are counted in the result row)
 
@@ -79,6 +79,7 @@ class PICConfig:
     official_shuffle: bool = True  # official scheduler: its --shuffle-per-epoch flag (scripts/PIC.sh sets it)
     w_init_std: float = 0.01  # classifier rows start as N(0, std^2) (official: 0.01)
     storage: str = "float32"  # dtype of w and u: float32 | bfloat16
+    fast_head: bool = True  # head step via pic_bench.head (closed-form gradients, one gather of w[U]); False = plain path
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("imagefolder", "fashion_mnist", "digits", "synthetic"),
     "data.aug": ("strong", "weak"),
-    "data.loader": ("auto", "dali", "torchvision"),
+    "data.loader": ("auto", "dali", "torchvision", "batched"),
     "data.on_bad_image": ("error", "skip"),
     "model.arch": ("resnet18", "resnet50", "small_cnn"),
     "model.head": ("mlp", "linear", "none"),
@@ -146,7 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
-        "data.image_size": 28, "data.crop_min": 0.3, "data.loader": "torchvision", "data.workers": 0,
+        "data.image_size": 28, "data.crop_min": 0.3, "data.loader": "batched", "data.workers": 0,
         "model.arch": "small_cnn", "model.small_stem": True, "model.width": 32, "model.head_hidden": 512,
         "pic.K": 4096, "pic.D": 4096, "pic.S": 512,
         "optim.batch_size": 256, "optim.base_lr": 0.4, "optim.epochs": 15, "optim.warmup_epochs": 1,

@@ -23,6 +23,11 @@ def build_loader(cfg: Config, source: Source, schedule: Schedule):
         from .dali import DaliLoader  # the only place DALI is imported
 
         return DaliLoader(source, schedule, cfg, large, small)
+    if kind == "batched":
+        from .batched import BatchedLoader
+
+        return BatchedLoader(source.train, schedule, cfg.optim.batch_size, large, small, d.views, d.small_views,
+                             cfg.run.seed)
     from .torchvision_loader import TorchvisionLoader
 
     return TorchvisionLoader(source.train, schedule, cfg.optim.batch_size, large, small, d.views, d.small_views,
