@@ -214,7 +214,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
 
         ctx = distributed.init_from_env(task.cfg.run.device)
         try:
-            if ctx.is_main and task.done():  # a requeue that raced the row, or a resubmission
+            # a requeue that raced the row, or a resubmission; decided by rank 0 for all ranks (collective)
+            if ctx.agree(ctx.is_main and task.done()):
                 return {"name": task.name, "status": "ok", "skipped": True}
             self._stop = threading.Event()
             out: dict[str, Any] = {}

@@ -3,8 +3,8 @@ same global batch, stop together on a preemption request, and resume from rank 0
 
 Tolerance, after 8 steps: every step's loss within 1e-5 relative; every parameter, buffer, w and u within
 1e-4 of the tensor's largest magnitude (elementwise relative error is meaningless for entries near zero, such
-as momentum entries that nearly cancelled). The two runs do the same arithmetic except for the order of sums (gradient all-reduce, BatchNorm
-statistics over ranks), so they differ only by float rounding.
+as momentum entries that nearly cancelled). The two runs do the same arithmetic except for the order of sums
+(gradient all-reduce, BatchNorm statistics over ranks), so they differ only by float rounding.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pic_bench import launch, run, status
-from pic_bench.config import ConfigError, config_hash, load_ablation
+from pic_bench.config import ConfigError, load_ablation
 from pic_bench.results import read_rows, row_key, rows_file
 
 REPO = Path(__file__).resolve().parent.parent
