@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, head
 from .config import Config
 from .data import Batch
 from .data.loaders import build_loader
@@ -144,6 +144,7 @@ class Trainer:
         self.w = (torch.randn(self.N, self.model.out_dim, generator=g) * p.w_init_std).to(self.device, dtype)
         self.u = torch.zeros_like(self.w)
         self.negatives = RecentNegatives(self.N, p.K, self.device)
+        self.head_ws = head.Workspace()  # fast head's scratch buffers, reused every step (derived, not state)
         # --- schedule and meters
         self.lr = lr_schedule(self.derived["lr"], self.derived["steps"], self.derived["warmup_steps"])
         self.step = 0
@@ -191,9 +192,28 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         U, target = self.negatives.select(batch.index)  # (|U|,), (B,)
-        w_U = (self.w if U.numel() == self.N else self.w.index_select(0, U)).detach().float().requires_grad_()
         cosine = p.softmax == "cosine"
         lo, hi = self.dist.shard(target.numel())  # this rank's rows of the global batch (all of them in one process)
+        # --- fast head (pic_bench.head): same loss, gradients and update as the plain path below, computed in
+        # closed form with one gather of w[U] (rows) that the update reuses. Small views do not train w.
+        if p.fast_head:
+            rows = head.gather(self.w, U, cosine, self.head_ws)
+            zs = [self.model(x[lo:hi]) for x in [*batch.views, *batch.small_views]]
+            loss, grads_z, dwn = head.views_loss_and_grads(zs, len(batch.views), rows, target[lo:hi], p.tau,
+                                                           cosine, self.head_ws)
+            value = self.dist.mean(float(loss))
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"non-finite loss {value} at step {self.step} (lr {lr:.4g})")
+            self.opt.zero_grad(set_to_none=True)
+            torch.autograd.backward(zs, grads_z)
+            rows.wn.grad = dwn  # dL/dwn, averaged over ranks with the backbone's gradients
+            self.dist.average_gradients([*self.model.parameters(), rows.wn])
+            self.opt.step()
+            head.update(self.w, self.u, rows, dwn, lr, cfg.optim.momentum, cfg.optim.weight_decay, p.correction,
+                        self.head_ws)
+            return value
+        # --- plain path (the reference)
+        w_U = (self.w if U.numel() == self.N else self.w.index_select(0, U)).detach().float().requires_grad_()
         losses = [pic_loss(self.model(x[lo:hi]), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
         for x in batch.small_views:  # multi-crop small views train the network only (w detached, as official)
             losses.append(torch.nn.functional.cross_entropy(
