@@ -70,7 +70,10 @@ def submit_with(tmp_path, cluster_text: str | None, *slurm: str, capsys=None) ->
     if slurm:
         argv += ["--slurm", *slurm]
     code = run.main(argv)
-    return code, capsys.readouterr().err if capsys else ""
+    if capsys is None:
+        return code, ""
+    cap = capsys.readouterr()
+    return code, cap.err + cap.out
 
 
 @pytest.mark.parametrize("text, overrides, expected", [
@@ -127,6 +130,43 @@ def test_cluster_settings_in_an_ablation_file_are_refused(tmp_path):
     path.write_text(ABLATION.replace("overrides: {", "overrides: {time_min: 30, "))
     with pytest.raises(ConfigError, match="unknown config key 'time_min'"):
         load_ablation(path)
+
+
+def test_settings_reach_the_sbatch_script_and_each_task_is_one_array_element(tmp_path, monkeypatch, capsys):
+    """With a stand-in sbatch that keeps the script: resources, extra flags and setup lines are in it, and the
+    four tasks (2 cells + 2 baselines) are one array of four."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\nprintf 'debug*\\ngpu\\n'\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path / 'script.sh'}\necho 'Submitted batch job 4242'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code, err = submit_with(tmp_path, """\
+        partition: gpu
+        account: proj
+        nodes: 2
+        tasks_per_node: 4
+        gpus_per_node: 4
+        cpus_per_task: 8
+        mem_gb: 200
+        time_min: 720
+        signal_delay_s: 120
+        array_parallelism: 3
+        setup: ["source .venv/bin/activate"]
+        extra_sbatch: {constraint: a100}
+        """, f"folder={tmp_path / 'logs'}", capsys=capsys)
+    assert code == 0, err
+    script = (tmp_path / "script.sh").read_text()
+    for flag in ("--partition=gpu", "--account=proj", "--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4",
+                 "--cpus-per-task=8", "--mem=204800MB", "--time=720", "--signal=USR2@120", "--array=0-3%3",
+                 "--constraint=a100"):
+        assert f"#SBATCH {flag}\n" in script, flag
+    assert "source .venv/bin/activate" in script and "submitit.core._submit" in script
+    manifest = launch.read_manifest(tmp_path / "results", "slurm_ci")
+    assert sorted(e["job_id"] for e in manifest.values()) == ["4242_0", "4242_1", "4242_2", "4242_3"]
+    assert "submitted 4 task(s) as job array 4242" in err
 
 
 def test_shipped_cluster_file_loads():
