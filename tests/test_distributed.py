@@ -24,8 +24,8 @@ LOSS_RTOL, TENSOR_TOL = 1e-5, 1e-4
 STEPS = 8
 
 
-def cfg():
-    return build("smoke", {"run.deterministic": True, "optim.max_steps": STEPS, "optim.epochs": 2})
+def cfg(**extra):
+    return build("smoke", {"run.deterministic": True, "optim.max_steps": STEPS, "optim.epochs": 2, **extra})
 
 
 def snapshot(t: Trainer) -> dict:
@@ -78,7 +78,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         t = Trainer(cfg())
         t.load(ckpt)
         t.train()
-        torch.save({"full": full, "resumed": snapshot(t), "preempted_at": preempted_at, "bn": bn,
+        resumed = snapshot(t)
+        # the plain (reference) head path, which the default fast head replaces
+        t = Trainer(cfg(**{"pic.fast_head": False}))
+        t.train()
+        torch.save({"full": full, "plain": snapshot(t), "resumed": resumed, "preempted_at": preempted_at, "bn": bn,
                     "ckpt_written": ckpt_written}, out)
     finally:
         dist.destroy_process_group()
@@ -105,7 +109,9 @@ def runs(tmp_path_factory):
     two = [torch.load(o, weights_only=False) for o in outs]
     one = Trainer(cfg())
     one.train()
-    return two, snapshot(one)
+    plain = Trainer(cfg(**{"pic.fast_head": False}))
+    plain.train()
+    return two, {"full": snapshot(one), "plain": snapshot(plain)}
 
 
 def assert_close(a: dict, b: dict) -> None:
@@ -131,15 +137,17 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(runs):
             torch.testing.assert_close(bn[k], bn[k + "_ref"], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
+@pytest.mark.parametrize("path", ["full", "plain"], ids=["fast-head", "plain-head"])
+def test_two_ranks_match_one_process_with_the_same_global_batch(runs, path):
     two, one = runs
     for r in two:
-        assert_close(r["full"], one)
+        assert_close(r[path], one[path])
 
 
-def test_ranks_hold_identical_replicas(runs):
+@pytest.mark.parametrize("path", ["full", "plain"], ids=["fast-head", "plain-head"])
+def test_ranks_hold_identical_replicas(runs, path):
     two, _ = runs
-    a, b = two[0]["full"], two[1]["full"]
+    a, b = two[0][path], two[1][path]
     assert a["losses"] == b["losses"]
     assert torch.equal(a["w"], b["w"]) and torch.equal(a["u"], b["u"])
     for k in a["model"]:
@@ -151,7 +159,7 @@ def test_a_stop_on_rank_0_stops_every_rank_and_resumes(runs):
     assert [r["preempted_at"] for r in two] == [3, 3]  # rank 1 was never asked, it stopped at the same step
     assert two[0]["ckpt_written"]
     for r in two:
-        assert_close(r["resumed"], one)
+        assert_close(r["resumed"], one["full"])
         assert r["resumed"]["losses"] == r["full"]["losses"]  # resume is bit-exact in the 2-rank run too
 
 
