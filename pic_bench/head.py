@@ -210,9 +210,10 @@ def _normalize_backward(dxn: torch.Tensor, xn: torch.Tensor, rn: torch.Tensor, b
     return dxn.addcmul_(xn, dot, value=-1).mul_(rn)
 
 
-def w_gradient(rows: Rows, dwn: torch.Tensor, ws: Workspace | None = None) -> torch.Tensor:
-    """The gradient to w[U] (K, d) from ``loss_and_grads``'s dwn, without changing dwn (for tests)."""
-    g = dwn.clone()
+def w_gradient(rows: Rows, dwn: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """The gradient to w[U] (K, d) from ``loss_and_grads``'s dwn (a copy unless ``inplace``); ``update`` does
+    this itself, so only tests and benchmarks of the loss alone need it."""
+    g = dwn if inplace else dwn.clone()
     if rows.w_rn is None:
         return g
     return _normalize_backward(g, rows.wn, rows.w_rn, rows.w_big)

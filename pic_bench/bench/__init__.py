@@ -1,0 +1,5 @@
+"""Benchmarks; each module is a command that writes rows named by machine under ``results/bench/``.
+
+    python -m pic_bench.bench.loader      # loader throughput: DALI against torchvision
+    python -m pic_bench.bench.scaling     # the classification head: step time and memory vs N and K
+"""
