@@ -13,8 +13,11 @@ analysis (``visit_distance*`` or ``scaling*``).
   backward to z and the rows, the momentum-SGD update of w and u) and a whole training step (the backbone's
   forward/backward and optimizer step on random inputs, then the head), timed and their peak memory measured at
   every N of a grid up to ``data.num_instances``. Each cell of the file is an arm (full softmax, recent-K with or
-  without the correction). ``pic_bench.bench.scaling.measure_point(cfg, N, device)``, when that module exists,
-  replaces the minimal measurement here (same metric names).
+  without the correction). ``pic_bench.bench.scaling.measure_point(cfg, N, device) -> dict``, when that module
+  exists, replaces the measurement here; it returns the same metric names: head_ms_median, head_ms_p90,
+  step_ms_median, step_ms_p90, head_peak_mib, step_peak_mib (MiB from before w and u exist), peak_mem_kind,
+  state_mib, and optionally head_path. Rows: kind ``scaling``, cell = the arm + ``data.num_instances`` = N,
+  status ``ok`` or ``skipped`` (error says why); ``pic_bench.tables`` renders and plots any such rows.
 """
 from __future__ import annotations
 
@@ -289,44 +292,52 @@ def _time(step: Callable[[], None], device: torch.device, warmup: int = 2, min_r
 
 
 def measure_point(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
-    """Step time and peak memory of the head and of a whole step at N instances (the minimal measurement).
+    """Step time and peak memory of the head and of a whole training step at N instances.
 
-    The head mirrors ``Trainer.train_step``: recent negatives select U, the rows w_U are gathered, the PIC loss
-    of a random z (B, d) is backpropagated to z and w_U, and ``update_rows`` applies momentum SGD to w and u
-    (rows U only with the correction, all N rows without it, or when U is every instance). The whole step adds
-    the backbone and projection head's forward, backward and SGD step on random images of the config's size.
-    Peak memory is measured from before w and u are allocated, so it includes them (``state_mib``).
+    Head: the classifier's part of ``Trainer.train_step`` on a random z (B, d) standing in for the network:
+    recent negatives select U, then the head path the trainer runs (``pic_bench.head.head_step`` when
+    ``pic.fast_head`` is on and that module exists; else the plain ``loss.pic_loss`` + backward +
+    ``update.update_rows``), updating rows U of w and u with the correction, all N rows without it.
+    Whole step: ``Trainer.train_step`` itself on random images of the config's size (data loading excluded).
+    Peak memory counts from before w and u are allocated, so it includes them (``state_mib``).
     """
-    from .model import PICModel
-    from .train import seed_everything
-
-    o = cfg.optim
-    B = o.batch_size
-    seed_everything(cfg.run.seed)
-    channels = 1 if cfg.data.dataset in ("fashion_mnist", "digits") else 3
-    model = PICModel(cfg.model, channels).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=o.base_lr * B / 256, momentum=o.momentum,
-                          weight_decay=o.weight_decay)
-    x = torch.randn(B, channels, cfg.data.image_size, cfg.data.image_size, device=device)  # (B, C, H, W)
-    results: dict[str, Any] = {}
-    for part in ("head", "step"):
-        results.update(_measure_part(cfg, N, device, part, model, opt, x))
-    dtype_bytes = 4 if cfg.pic.storage == "float32" else 2
-    results["state_mib"] = 2 * N * model.out_dim * dtype_bytes / 2**20
-    results["images_per_s"] = B * 1000 / results["step_ms_median"]
+    results = {**_measure_head(cfg, N, device), **_measure_step(cfg, N, device)}
+    results["state_mib"] = 2 * N * cfg.model.dim * (4 if cfg.pic.storage == "float32" else 2) / 2**20
+    results["images_per_s"] = cfg.optim.batch_size * 1000 / results["step_ms_median"]
     return results
 
 
-def _measure_part(cfg: Config, N: int, device: torch.device, part: str, model: torch.nn.Module,
-                  opt: torch.optim.Optimizer, x: torch.Tensor) -> dict[str, Any]:
-    """Times ``part`` ('head': random z; 'step': the model on x, then the head) on fresh w and u (N, d)."""
+def _timed(part: str, cfg: Config, device: torch.device, step: Callable[[], None], mem: PeakMemory
+           ) -> dict[str, Any]:
+    cap = cfg.optim.max_steps or 20  # optim.max_steps caps the timed steps per point (smoke)
+    ms = _time(step, device, min_repeats=min(3, cap), max_repeats=cap, budget_s=5.0)
+    return {f"{part}_ms_median": float(np.median(ms)), f"{part}_ms_p90": float(np.percentile(ms, 90)),
+            f"{part}_repeats": len(ms), f"{part}_peak_mib": mem.peak_mib(), "peak_mem_kind": mem.kind}
+
+
+def fast_head(cfg: Config):
+    """``pic_bench.head`` when the trainer would use it for this config, else None (the plain path)."""
+    if not getattr(cfg.pic, "fast_head", False):
+        return None
+    try:
+        from . import head
+    except ImportError:
+        return None
+    return head if hasattr(head, "head_step") else None
+
+
+def _measure_head(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
     from .loss import pic_loss
     from .negatives import RecentNegatives
+    from .train import seed_everything
     from .update import update_rows
 
     p, o = cfg.pic, cfg.optim
-    B, d = o.batch_size, model.out_dim
-    lr = o.base_lr * B / 256
+    B, d = o.batch_size, cfg.model.dim if cfg.model.head != "none" else None
+    if d is None:
+        raise ValueError("scaling needs a projection head (model.head mlp or linear) to know d")
+    lr, cosine, fast = o.base_lr * B / 256, p.softmax == "cosine", fast_head(cfg)
+    seed_everything(cfg.run.seed)
     schedule = make_schedule(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle)
     mem = PeakMemory(device)
     mem.start()
@@ -336,22 +347,62 @@ def _measure_part(cfg: Config, N: int, device: torch.device, part: str, model: t
     negatives = RecentNegatives(N, p.K, device)
     negatives.refill(schedule, max(p.K, B))  # a full ring, as in the middle of training
     position = [max(p.K, B)]
+    ws = fast.Workspace() if fast else None
 
     def step() -> None:
         index = torch.from_numpy(schedule.positions(position[0], B)).to(device)  # (B,)
         position[0] += B
-        z = model(x) if part == "step" else torch.randn(B, d, device=device, requires_grad=True)  # (B, d)
+        z = torch.randn(B, d, device=device, requires_grad=True)  # (B, d)
         U, target = negatives.select(index)  # (|U|,), (B,)
+        if fast:  # the loss, its gradient to z and the update of w, u in one call
+            fast.head_step(z.detach(), w, u, U, target, p.tau, lr, o.momentum, o.weight_decay, p.correction,
+                           cosine, ws)
+            return
         w_U = (w if U.numel() == N else w.index_select(0, U)).detach().float().requires_grad_()  # (|U|, d)
-        loss = pic_loss(z, w_U, target, p.tau, p.softmax == "cosine")
-        if part == "step":
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if part == "step":
-            opt.step()
+        pic_loss(z, w_U, target, p.tau, cosine).backward()
         update_rows(w, u, U, w_U.grad, lr, o.momentum, o.weight_decay, p.correction)
 
-    cap = o.max_steps or 20  # optim.max_steps caps the timed steps per point (smoke)
-    ms = _time(step, device, min_repeats=min(3, cap), max_repeats=cap, budget_s=5.0)
-    return {f"{part}_ms_median": float(np.median(ms)), f"{part}_ms_p90": float(np.percentile(ms, 90)),
-            f"{part}_repeats": len(ms), f"{part}_peak_mib": mem.peak_mib(), "peak_mem_kind": mem.kind}
+    out = _timed("head", cfg, device, step, mem)
+    out["head_path"] = "pic_bench.head.head_step" if fast else "plain: loss.pic_loss + update.update_rows"
+    return out
+
+
+class _Unloaded:
+    """N training instances whose images are never loaded: the whole step is fed random images."""
+
+    def __init__(self, n: int):
+        self.labels = np.broadcast_to(np.int64(0), (n,))  # (n,) without n int64s of memory
+        self.files = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int):
+        raise RuntimeError("the scaling analysis never loads images")
+
+
+def _measure_step(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
+    from .data import Batch
+    from .data.sources import Source
+    from .train import Trainer
+
+    channels = 1 if cfg.data.dataset in ("fashion_mnist", "digits") else 3
+    source = Source("scaling", _Unloaded(N), _Unloaded(1), channels, (0.5,) * channels, (0.25,) * channels,
+                    f"unloaded-{N}")
+    cfg = apply(cfg, {"data.loader": "torchvision", "data.workers": 0}, "scaling (no images are loaded)")
+    mem = PeakMemory(device)
+    mem.start()
+    trainer = Trainer(cfg, source)  # allocates w and u (N, d) like a real run
+    B, size = cfg.optim.batch_size, cfg.data.image_size
+    views = [torch.randn(B, channels, size, size, device=device) for _ in range(cfg.data.views)]  # (B, C, H, W)
+    small = [torch.randn(B, channels, cfg.data.small_size, cfg.data.small_size, device=device)
+             for _ in range(cfg.data.small_views)]
+    position = [max(cfg.pic.K, B)]
+    trainer.negatives.refill(trainer.schedule, position[0])
+
+    def step() -> None:
+        index = torch.from_numpy(trainer.schedule.positions(position[0], B)).to(device)  # (B,)
+        position[0] += B
+        trainer.train_step(Batch(views, index, trainer.step, small))  # trainer.step stays 0: lr is irrelevant
+
+    return _timed("step", cfg, device, step, mem)

@@ -6,7 +6,8 @@
   ablation varies (K, D, epochs, tau, ...), one line per combination of the other varied settings; a setting
   measured at a single point (the epoch and official schedulers against D) is a dashed horizontal line, the
   baselines dotted grey lines. ``pic.K = 0`` (all instances) is drawn at K = N.
-- scaling: head and whole-step time and peak memory against N, log-log, one line per arm.
+- scaling: head and whole-step time, and peak memory beyond w and u (the working memory; w and u themselves
+  as a dotted line), against N, log-log, one line per arm.
 - visit_distance: histograms of the distance between consecutive visits of an instance, log-binned, one panel
   per (N, D, S), one line per scheduler, with D and N marked.
 
@@ -137,11 +138,11 @@ def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
         color = f"C{i}"
         ax_t.plot(n, [p["head_ms_median"] for p in ps], "-o", color=color, label=f"{arm}: head")
         ax_t.plot(n, [p["step_ms_median"] for p in ps], "--s", color=color, label=f"{arm}: whole step")
-        ax_m.plot(n, [p["head_peak_mib"] for p in ps], "-o", color=color, label=f"{arm}: head peak")
-        ax_m.plot(n, [p["step_peak_mib"] for p in ps], "--s", color=color, label=f"{arm}: whole-step peak")
+        ax_m.plot(n, [p["head_extra_mib"] for p in ps], "-o", color=color, label=f"{arm}: head")
+        ax_m.plot(n, [p["step_extra_mib"] for p in ps], "--s", color=color, label=f"{arm}: whole step")
     state = sorted({(p["N"], p["state_mib"]) for p in points})
     ax_m.plot([s[0] for s in state], [s[1] for s in state], ":", color="0.4", label="w and u (state)")
-    for ax, ylabel in ((ax_t, "step time (ms, median)"), (ax_m, "peak memory (MiB, from before w, u)")):
+    for ax, ylabel in ((ax_t, "step time (ms, median)"), (ax_m, "peak memory beyond w and u (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("N (instances)")
@@ -168,7 +169,7 @@ def visit_plot(title: str, entries: list[dict[str, Any]], path: Path) -> bool:
             counts = np.asarray(e["hist_counts"], dtype=float)
             share = counts / max(counts.sum(), 1)
             ax.stairs(share, edges, color=f"C{order.get(e['scheduler'], 3)}", lw=1.5,
-                      label=f"{e['scheduler']} (median {e['median']:.3g})")
+                      label=f"{e['scheduler']} (median {e['median']:,.0f})")
         ax.axvline(D, color="0.3", ls="--", lw=1)
         ax.axvline(N, color="0.3", ls=":", lw=1)
         ax.text(D, ax.get_ylim()[1] * 0.95, " D", fontsize=8, va="top")
