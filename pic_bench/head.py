@@ -184,8 +184,11 @@ def loss_and_grads(z: torch.Tensor, rows: Rows, target: torch.Tensor, tau: float
     P = torch.ops.aten._softmax.out(S, 1, False, out=S)  # (B, K), in place
     p_t = P.gather(1, t)  # (B, 1)
     losses = -torch.log(p_t)  # (B, 1) = logsumexp_j S_ij - S_i,t_i
-    bad = p_t < TINY_P
-    if bool(bad.any()):  # the positive's probability underflowed (plain softmax, far-off rows): exact lse
+    # Cosine logits lie in [-1/tau, 1/tau], so p_t >= exp(-2/tau) / K: when that cannot underflow, skip the
+    # check (on a GPU it would wait for the device every step).
+    bounded = cosine and 2.0 / tau + math.log(K) < -math.log(TINY_P)
+    bad = None if bounded else p_t < TINY_P
+    if bad is not None and bool(bad.any()):  # the positive's probability underflowed: exact lse from the logits
         r = bad.view(B).nonzero().view(-1)
         losses[r] = torch.logsumexp(zt[r] @ wn.t(), dim=1, keepdim=True) - s_t[r]
     loss = losses.mean()

@@ -124,16 +124,22 @@ def test_zero_and_tiny_rows_follow_F_normalize():
     check(g[3:], ref_gw[3:], 1e-5, "grad w other rows", seed)
 
 
-def test_plain_softmax_with_an_underflowing_positive_keeps_the_exact_loss():
+@pytest.mark.parametrize("cosine", [True, False])
+def test_an_underflowing_positive_keeps_the_exact_loss(cosine):
     seed, z, w, _, U, target = case(N=60, K=30, B=8, d=8)
-    z, w = z * 30, w.float() * 30  # logit gaps of thousands: the positive's probability is exp(-1000) = 0
-    rows = head.gather(w, U, False)
-    loss, grad_z, dwn = head.loss_and_grads(z, rows, target, 1.0, False)
-    ref_loss, ref_gz, ref_gw = autograd64(z, w[U], target, 1.0, False)
-    assert ref_loss.item() > 100  # the case does exercise the recomputed rows
+    if cosine:  # tau = 0.01 and each z opposite to its own row: the positive's logit is -100, others up to +100
+        tau = 0.01
+        z = -w[U[target]].float() + 0.01 * z
+    else:  # logit gaps of thousands
+        tau = 1.0
+        z, w = z * 30, w.float() * 30
+    rows = head.gather(w, U, cosine)
+    loss, grad_z, dwn = head.loss_and_grads(z, rows, target, tau, cosine)
+    ref_loss, ref_gz, ref_gw = autograd64(z, w[U], target, tau, cosine)
+    assert ref_loss.item() > 100  # exp(-100) underflows float32: the case does exercise the recomputed rows
     check(loss, ref_loss, 1e-6, "loss", seed)
     check(grad_z, ref_gz, 1e-5, "grad z", seed)
-    check(dwn, ref_gw, 1e-5, "grad w", seed)
+    check(head.w_gradient(rows, dwn), ref_gw, 1e-5, "grad w", seed)
 
 
 def test_views_loss_is_the_mean_over_views_and_small_views_do_not_train_w():
