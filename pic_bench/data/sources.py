@@ -204,6 +204,8 @@ def image_folder(cfg: DataConfig) -> Source:
     train_dir = root / "train" if (root / "train").is_dir() else root
     test_dir = root / "val"
     files, labels, classes = list_folder(train_dir)
+    # The whole sorted list is recorded: the instances are a fixed function of it and num_instances.
+    check_index_map(root, files, train_dir, digest_files(files, train_dir))
     tr = _subset(len(files), cfg.num_instances, 1234)
     files = [files[i] for i in tr]
     labels = labels[tr]
@@ -216,7 +218,6 @@ def image_folder(cfg: DataConfig) -> Source:
     else:  # no val/: evaluate on a held-out slice is impossible without leaking instances; reuse train
         test = FolderSet(files, labels)
     digest = digest_files(files, train_dir)
-    check_index_map(root, files, train_dir, digest)
     return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                   digest)
 
@@ -224,30 +225,51 @@ def image_folder(cfg: DataConfig) -> Source:
 INDEX_MAP = ".pic_bench_index.txt"
 
 
-def check_index_map(root: Path, files: list[str], base: Path, digest: str) -> None:
-    """Records the index -> file map on first use and refuses a folder whose file list changed since.
+def index_map_paths(root: Path, base: Path) -> list[Path]:
+    """Where the index -> file map of ``base`` may live: beside the data, else in the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pic_bench" / "index"
+    key = hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
+    return [root / INDEX_MAP, cache / f"{key}.txt"]
 
-    The map lives beside the data (``<root>/.pic_bench_index.txt``) when the folder is writable; otherwise the
-    digest is only recorded in result rows.
+
+def check_index_map(root: Path, files: list[str], base: Path, digest: str) -> None:
+    """Records the sorted file list (index -> file) on first use and refuses a folder whose list changed since.
+
+    The map lives beside the data (``<root>/.pic_bench_index.txt``) when the folder is writable, otherwise in
+    ``~/.cache/pic_bench/index/`` under a key of the folder's absolute path; the digest also goes into rows.
     """
-    path = root / INDEX_MAP
     rel = [os.path.relpath(f, base) for f in files]
-    if path.is_file():
+    paths = index_map_paths(root, base)
+    for path in paths:
+        if not path.is_file():
+            continue
         lines = path.read_text().splitlines()
-        if lines and lines[0].startswith("# n="):
-            recorded = lines[1:]
-            want_n = len(recorded)
-            if lines[0] != f"# n={len(rel)}" or recorded != rel:
-                first = next((i for i, (a, b) in enumerate(zip(recorded, rel)) if a != b), min(want_n, len(rel)))
-                raise DatasetError(
-                    f"{base}: the file list changed since instance indices were assigned (recorded in {path}: "
-                    f"{want_n} files, now {len(rel)}; first difference at index {first}). Instance weights would "
-                    f"attach to the wrong images. Restore the folder, or delete {path} to start a fresh index.")
+        if not lines or not lines[0].startswith("# n="):
+            continue
+        recorded = lines[1:]
+        if lines[0] != f"# n={len(rel)}" or recorded != rel:
+            first = next((i for i, (a, b) in enumerate(zip(recorded, rel)) if a != b), min(len(recorded), len(rel)))
+            was = recorded[first] if first < len(recorded) else "(end of list)"
+            now = rel[first] if first < len(rel) else "(end of list)"
+            raise DatasetError(
+                f"{base}: the file list changed since instance indices were assigned (recorded in {path}: "
+                f"{len(recorded)} files, now {len(rel)}; first difference at sorted position {first}: recorded "
+                f"{was!r}, now {now!r}). Instance weights would attach to the wrong images. Restore the folder, "
+                f"or delete {path} to start a fresh index.")
+        return
+    text = f"# n={len(rel)}\n" + "\n".join(rel) + "\n"
+    for path in paths:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)  # atomic: concurrent array tasks never read a half-written map
             return
-    try:
-        path.write_text(f"# n={len(rel)}\n" + "\n".join(rel) + "\n")
-    except OSError:
-        pass
+        except OSError:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def load_source(cfg: DataConfig, seed: int = 0) -> Source:
