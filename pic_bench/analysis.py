@@ -13,11 +13,12 @@ analysis (``visit_distance*`` or ``scaling*``).
   backward to z and the rows, the momentum-SGD update of w and u) and a whole training step (the backbone's
   forward/backward and optimizer step on random inputs, then the head), timed and their peak memory measured at
   every N of a grid up to ``data.num_instances``. Each cell of the file is an arm (full softmax, recent-K with or
-  without the correction). ``pic_bench.bench.scaling.measure_point(cfg, N, device) -> dict``, when that module
-  exists, replaces the measurement here; it returns the same metric names: head_ms_median, head_ms_p90,
-  step_ms_median, step_ms_p90, head_peak_mib, step_peak_mib (MiB from before w and u exist), peak_mem_kind,
-  state_mib, and optionally head_path. Rows: kind ``scaling``, cell = the arm + ``data.num_instances`` = N,
-  status ``ok`` or ``skipped`` (error says why); ``pic_bench.tables`` renders and plots any such rows.
+  without the correction). The head is measured by ``pic_bench.bench.scaling.head_point`` (the kernels issue's
+  benchmark: interleaved rounds, peak memory beyond w and u, the matmul floor) where that module exists, else by
+  the minimal measurement here; the whole step always runs ``Trainer.train_step`` at the ablation's preset.
+  Rows: kind ``scaling``, cell = the arm + ``data.num_instances`` = N, status ``ok`` or ``skipped`` (error says
+  why), metrics head_ms_median, head_ms_p90, step_ms_median, step_ms_p90, head_peak_mib, step_peak_mib (MiB from
+  before w and u exist), state_mib, peak_mem_kind, head_path; ``pic_bench.tables`` renders and plots them.
 """
 from __future__ import annotations
 
@@ -169,11 +170,6 @@ def scaling_cells(cell: dict[str, Any], cfg: Config):
     """One point per N of the grid up to data.num_instances, for the arm (K, correction) this cell names."""
     from .train import resolve_device
 
-    try:
-        from .bench import scaling as bench_scaling  # issue 5's benchmark, when present
-        measure = getattr(bench_scaling, "measure_point", None) or measure_point
-    except ImportError:
-        measure = measure_point
     cap = cfg.data.num_instances
     if cap <= 0:
         raise ValueError("scaling needs data.num_instances > 0: the largest N to measure")
@@ -186,14 +182,18 @@ def scaling_cells(cell: dict[str, Any], cfg: Config):
             if point_cfg.run.threads:
                 torch.set_num_threads(point_cfg.run.threads)
             need, have = memory_needed(point_cfg, N), memory_available(device)
+            head_impl = "pic_bench.bench.scaling.head_point" if bench_head_point() else "pic_bench.analysis"
             derived = {"N": N, "K_effective": N if point_cfg.pic.K == 0 else min(point_cfg.pic.K, N),
                        "B": point_cfg.optim.batch_size, "d": point_cfg.model.dim, "estimated_mib": need / 2**20,
                        "available_mib": have / 2**20,
-                       "implementation": f"{measure.__module__}.{measure.__name__}"}
+                       "implementation": f"head: {head_impl}; whole step: pic_bench.analysis (Trainer.train_step)"}
             if need > 0.7 * have:
                 return ("skipped", {}, derived, device,
                         f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
-            return "ok", measure(point_cfg, N, device), derived, device, None
+            try:
+                return "ok", measure_point(point_cfg, N, device), derived, device, None
+            except MemoryError as e:  # the benchmark's own, finer estimate, or a real out-of-memory
+                return "skipped", {}, derived, device, f"out of memory: {e}"
 
         yield point_cell, point_cfg, "scaling", fn
 
@@ -294,14 +294,17 @@ def _time(step: Callable[[], None], device: torch.device, warmup: int = 2, min_r
 def measure_point(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
     """Step time and peak memory of the head and of a whole training step at N instances.
 
-    Head: the classifier's part of ``Trainer.train_step`` on a random z (B, d) standing in for the network:
-    recent negatives select U, then the head path the trainer runs (``pic_bench.head.head_step`` when
+    Head: ``pic_bench.bench.scaling.head_point`` where it exists, else ``_measure_head``: the classifier's part
+    of ``Trainer.train_step`` on a random z (B, d) standing in for the network: recent negatives select U, then
+    the head path the trainer runs (``pic_bench.head.head_step`` when
     ``pic.fast_head`` is on and that module exists; else the plain ``loss.pic_loss`` + backward +
     ``update.update_rows``), updating rows U of w and u with the correction, all N rows without it.
     Whole step: ``Trainer.train_step`` itself on random images of the config's size (data loading excluded).
     Peak memory counts from before w and u are allocated, so it includes them (``state_mib``).
     """
-    results = {**_measure_head(cfg, N, device), **_measure_step(cfg, N, device)}
+    head_point = bench_head_point()
+    head = _bench_head(head_point, cfg, N, device) if head_point else _measure_head(cfg, N, device)
+    results = {**head, **_measure_step(cfg, N, device)}
     results["state_mib"] = 2 * N * cfg.model.dim * (4 if cfg.pic.storage == "float32" else 2) / 2**20
     results["images_per_s"] = cfg.optim.batch_size * 1000 / results["step_ms_median"]
     return results
@@ -324,6 +327,32 @@ def fast_head(cfg: Config):
     except ImportError:
         return None
     return head if hasattr(head, "head_step") else None
+
+
+def bench_head_point():
+    """``pic_bench.bench.scaling.head_point`` (issue 5's head benchmark) where it exists, else None."""
+    try:
+        from .bench import scaling as bench_scaling
+    except ImportError:
+        return None
+    return getattr(bench_scaling, "head_point", None)
+
+
+def _bench_head(head_point, cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
+    """The head measured by the benchmark's ``head_point`` with this config's K, B, d, storage and head path
+    (its own rows are translated to this analysis's metric names; its matmul floor is kept)."""
+    p = cfg.pic
+    arm = "full" if p.K == 0 else ("recent" if p.correction else "recent_no_correction")
+    path = "fast" if fast_head(cfg) else "plain"
+    storage = torch.float32 if p.storage == "float32" else torch.bfloat16
+    rounds = cfg.optim.max_steps or 5
+    (r,) = head_point(arm, N, p.K, storage, (path,), rounds, device, B=cfg.optim.batch_size, d=cfg.model.dim)
+    if r["status"] != "ok":
+        raise MemoryError(r.get("why", "skipped by the benchmark"))
+    return {"head_ms_median": r["ms_median"], "head_ms_p90": r["ms_p90"], "head_repeats": r["rounds"],
+            "head_peak_mib": r["state_mib"] + r["peak_extra_mib"], "peak_mem_kind": r["peak_kind"],
+            "head_floor_ms_median": r["floor_ms_median"], "head_ratio_to_floor": r["ratio_to_floor"],
+            "head_path": f"pic_bench.bench.scaling.head_point, {path} path"}
 
 
 def _measure_head(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:

@@ -124,6 +124,11 @@ def accuracy_plot(name: str, title: str, table: list[dict[str, Any]], path: Path
     return True
 
 
+def _extra(p: dict[str, Any], part: str) -> float:
+    """Peak memory beyond w and u: given, or the peak (which includes them) less their size."""
+    return p.get(f"{part}_extra_mib", p[f"{part}_peak_mib"] - p["state_mib"])
+
+
 def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
     """Step time and peak memory against N, log-log; ``points`` are ok scaling rows' table entries."""
     if not points:
@@ -138,8 +143,8 @@ def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
         color = f"C{i}"
         ax_t.plot(n, [p["head_ms_median"] for p in ps], "-o", color=color, label=f"{arm}: head")
         ax_t.plot(n, [p["step_ms_median"] for p in ps], "--s", color=color, label=f"{arm}: whole step")
-        ax_m.plot(n, [p["head_extra_mib"] for p in ps], "-o", color=color, label=f"{arm}: head")
-        ax_m.plot(n, [p["step_extra_mib"] for p in ps], "--s", color=color, label=f"{arm}: whole step")
+        ax_m.plot(n, [_extra(p, "head") for p in ps], "-o", color=color, label=f"{arm}: head")
+        ax_m.plot(n, [_extra(p, "step") for p in ps], "--s", color=color, label=f"{arm}: whole step")
     state = sorted({(p["N"], p["state_mib"]) for p in points})
     ax_m.plot([s[0] for s in state], [s[1] for s in state], ":", color="0.4", label="w and u (state)")
     for ax, ylabel in ((ax_t, "step time (ms, median)"), (ax_m, "peak memory beyond w and u (MiB)")):

@@ -382,7 +382,7 @@ def visit_markdown(name: str, entries: list[dict[str, Any]], warnings: list[str]
 
 SCALING_COLS = ["preset", "device", "arm", "N", "K_effective", "B", "d", "head_ms_median", "head_ms_p90",
                 "step_ms_median", "step_ms_p90", "state_mib", "head_peak_mib", "step_peak_mib", "head_extra_mib",
-                "step_extra_mib", "peak_mem_kind",
+                "step_extra_mib", "peak_mem_kind", "head_floor_ms_median", "head_ratio_to_floor",
                 "head_speedup_vs_full", "implementation", "config_hash"]
 
 

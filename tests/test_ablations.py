@@ -152,9 +152,22 @@ def test_scaling_file_runs_at_a_small_n(tmp_path):
         assert m["state_mib"] == pytest.approx(2 * 3000 * 16 * 4 / 2**20)
         if m["peak_mem_kind"] != "unavailable":
             assert m["head_peak_mib"] >= 0
+    if analysis.bench_head_point() is not None:  # the kernels issue's benchmark measures the head
+        assert all(r["metrics"]["head_path"].startswith("pic_bench.bench.scaling.head_point") for r in got)
+        assert all(r["metrics"]["head_floor_ms_median"] > 0 for r in got)
     md = (tmp_path / "tables" / "scaling.md").read_text()
     assert "| recent K=64, correction | 3,000 | 64 |" in md
     assert (tmp_path / "tables" / "scaling_smoke.png").is_file()
+
+
+def test_scaling_minimal_head_measurement_without_the_benchmark(tmp_path, monkeypatch):
+    monkeypatch.setattr(analysis, "bench_head_point", lambda: None)
+    assert run.main([str(REPO / "ablations" / "scaling.yaml"), "smoke", "--seeds", "0", "--results", str(tmp_path),
+                     "data.num_instances=3000"]) == 0
+    got = rows(tmp_path, "scaling")
+    assert len(got) == 3 and all(r["status"] == "ok" and r["metrics"]["head_ms_median"] > 0 for r in got)
+    assert all(not r["metrics"]["head_path"].startswith("pic_bench.bench") for r in got)
+    assert all(r["derived"]["implementation"].startswith("head: pic_bench.analysis;") for r in got)
 
 
 def test_scaling_skips_points_that_do_not_fit(tmp_path, monkeypatch):
