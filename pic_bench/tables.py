@@ -176,8 +176,30 @@ def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell
         t["is_default"] = ref is t
         if ref is t:
             continue
+        differ = config_difference(t["config"], ref["config"], set(t["cell_dict"]) | set(ref["cell_dict"]))
+        if differ:
+            warnings.append(f"cell '{_label(t)}' (preset {t['preset']}) differs from its default "
+                            f"'{_label(ref)}' beyond the cell's settings ({', '.join(differ[:4])}"
+                            f"{', ...' if len(differ) > 4 else ''}): no change against it is computed")
+            continue
         for m in METRICS:
             t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = paired_ci(per_seed[_key(t)][m], per_seed[_key(ref)][m])
+
+
+def config_difference(a: dict[str, Any], b: dict[str, Any], cell_keys: set[str]) -> list[str]:
+    """Dotted keys where two resolved configs differ, leaving out the cells' own keys and what the config hash
+    leaves out (the seed and other run settings, loader workers, the data folder)."""
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        for key in sorted(set(sa) | set(sb)):
+            dotted = f"{section}.{key}"
+            if dotted in cell_keys or (section == "run" and key != "deterministic") \
+                    or dotted in ("data.workers", "data.root"):
+                continue
+            if sa.get(key, "<absent>") != sb.get(key, "<absent>"):
+                out.append(dotted)
+    return out
 
 
 def _order(t: dict[str, Any]) -> tuple:

@@ -194,6 +194,20 @@ def test_mismatched_configs_for_one_cell_are_reported_not_averaged(tmp_path):
     assert "84.00" not in md  # the mean of all three never appears
 
 
+def test_no_change_against_a_default_that_ran_another_setting(tmp_path):
+    """Rows of one cell left over from an earlier preset are not compared with the current default."""
+    rows = [make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0) for s in range(3)]
+    rows += [make("negatives_k", {"pic.K": 256}, s, 82.0, 71.0) for s in range(3)]
+    rows += [make("negatives_k", {"pic.K": 1024}, s, 90.0, 72.0, extra={"optim.epochs": 3}) for s in range(3)]
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 0})
+    assert "+2.00 ± 0.00 (n=3)" in line_starting(md, "| pic.K=256 |")
+    assert "| — | — |" in line_starting(md, "| pic.K=1024 |")
+    assert "'pic.K=1024' (preset small) differs from its default 'pic.K=0 (default)' beyond the cell's settings " \
+           "(optim.epochs): no change against it is computed" in md
+    assert tables.config_difference(rows[0]["config"], rows[3]["config"], {"pic.K"}) == []
+
+
 def test_failed_runs_and_duplicate_seeds_are_listed(tmp_path):
     rows = [make("negatives_k", {"pic.K": 0}, 0, 80.0, 70.0), make("negatives_k", {"pic.K": 0}, 1, 81.0, 70.0),
             make("negatives_k", {"pic.K": 0}, 1, 83.0, 70.0)]
