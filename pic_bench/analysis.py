@@ -41,7 +41,11 @@ IMAGENET_1K_TRAIN = 1_281_167
 
 
 def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> int:
-    """Runs every cell x seed of an analysis ablation that has no ok row yet, then writes its table."""
+    """Runs every cell x seed of an analysis ablation that has no ok row yet, then writes its table.
+
+    A point that raises is written as a failed row (the table lists it) and the others still run; the return
+    code is then 1.
+    """
     if abl.name.startswith("visit_distance"):
         measure = visit_cell
     elif abl.name.startswith("scaling"):
@@ -49,6 +53,7 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
     else:
         print(f"error: {abl.path}: no analysis is named '{abl.name}' (visit_distance* | scaling*)", file=sys.stderr)
         return 2
+    failed = 0
     for seed in abl.seeds:
         for cell, cfg in abl.resolve(preset, cli):
             cfg = apply(cfg, {"run.seed": seed}, "seeds")
@@ -56,7 +61,12 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
                 if has_row(results_dir, abl.name, kind, preset, config_hash(point_cfg), seed):
                     print(f"{abl.name}: {point_cell} seed {seed}: row exists, skipped", file=sys.stderr)
                     continue
-                status, metrics, derived, device, error = fn()
+                try:
+                    status, metrics, derived, device, error = fn()
+                except Exception as e:  # noqa: BLE001 - recorded, and the other points still run
+                    status, metrics, derived, device = "failed", {}, {}, point_cfg.run.device
+                    error = f"{type(e).__name__}: {e}"
+                    failed += 1
                 row = make_row(abl.name, preset, point_cell, point_cfg, status, metrics, derived, device,
                                error=error, kind=kind)
                 append_row(row, results_dir)
@@ -66,7 +76,7 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
     from .tables import build_table
 
     print(build_table(abl.name, results_dir, preset=preset, write=True))
-    return 0
+    return 1 if failed else 0
 
 
 SUMMARY_KEYS = ("median", "share_within_2D", "head_ms_median", "step_ms_median", "head_peak_mib")
@@ -192,8 +202,11 @@ def scaling_cells(cell: dict[str, Any], cfg: Config):
                         f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
             try:
                 return "ok", measure_point(point_cfg, N, device), derived, device, None
-            except MemoryError as e:  # the benchmark's own, finer estimate, or a real out-of-memory
-                return "skipped", {}, derived, device, f"out of memory: {e}"
+            except (MemoryError, torch.cuda.OutOfMemoryError) as e:  # the benchmark's finer estimate, or a real OOM
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                return "skipped", {}, derived, device, f"out of memory: {str(e).splitlines()[0]}"
 
         yield point_cell, point_cfg, "scaling", fn
 

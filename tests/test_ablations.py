@@ -180,6 +180,24 @@ def test_scaling_skips_points_that_do_not_fit(tmp_path, monkeypatch):
     assert "## Points not measured" in (tmp_path / "tables" / "scaling.md").read_text()
 
 
+def test_a_failing_point_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    real = analysis.measure_point
+
+    def flaky(cfg, N, device):
+        if cfg.pic.K == 0:
+            raise RuntimeError("simulated kernel failure")
+        return real(cfg, N, device)
+
+    monkeypatch.setattr(analysis, "measure_point", flaky)
+    rc = run.main([str(REPO / "ablations" / "scaling.yaml"), "smoke", "--seeds", "0", "--results", str(tmp_path),
+                   "data.num_instances=3000"])
+    assert rc == 1
+    got = rows(tmp_path, "scaling")
+    assert sorted(r["status"] for r in got) == ["failed", "ok", "ok"]
+    md = (tmp_path / "tables" / "scaling.md").read_text()
+    assert "RuntimeError: simulated kernel failure" in md and "| recent K=64, correction | 3,000 |" in md
+
+
 def test_an_unknown_analysis_is_refused(tmp_path):
     f = tmp_path / "mystery.yaml"
     f.write_text("name: mystery\nkind: analysis\nseeds: [0]\n")
