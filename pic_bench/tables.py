@@ -76,7 +76,7 @@ def _fmt(x: Any, nd: int = 2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-def _count(x: float) -> str:
+def _count(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:,.0f}"
 
 
@@ -472,7 +472,7 @@ def scaling_markdown(name: str, points: list[dict[str, Any]], skipped: list[dict
             lines += [f"![{name}, preset {preset}]({plots[(preset, dev)]})", ""]
     if skipped:
         lines += ["## Points not measured", ""]
-        lines += [f"- preset {s['preset']}, {s['arm']}, N = {s['N']:,}: {s['why']}" for s in skipped] + [""]
+        lines += [f"- preset {s['preset']}, {s['arm']}, N = {_count(s['N'])}: {s['why']}" for s in skipped] + [""]
     return "\n".join(lines + _problem_lines(warnings, problems))
 
 
