@@ -13,18 +13,32 @@ import torch.nn.functional as F
 
 from .config import EvalConfig
 from .data.augment import eval_transform
-from .data.sources import ImageSet
+from .data.sources import BadImageError, ImageSet
 
 
 @torch.no_grad()
-def embed(images: ImageSet, fn, size: int, mean, std, device, batch: int = 512) -> torch.Tensor:
-    """fn(x) for every image of the set after the deterministic eval transform, (n, f) float32 on CPU."""
+def embed(images: ImageSet, fn, size: int, mean, std, device, batch: int = 512, on_bad_image: str = "error"
+          ) -> tuple[torch.Tensor, np.ndarray]:
+    """fn(x) for every image of the set after the deterministic eval transform.
+
+    Returns:
+        (n, f) float32 features on CPU and the labels of the images they belong to (images that fail to decode
+        are left out with on_bad_image=skip, and raise BadImageError naming the file otherwise).
+    """
     t = eval_transform(size, mean, std)
-    out = []
+    out, keep = [], []
     for s in range(0, len(images), batch):
-        x = torch.stack([t(images.load(i)) for i in range(s, min(s + batch, len(images)))]).to(device)
-        out.append(fn(x).float().cpu())
-    return torch.cat(out)
+        xs = []
+        for i in range(s, min(s + batch, len(images))):
+            try:
+                xs.append(t(images.load(i)))
+                keep.append(i)
+            except BadImageError:
+                if on_bad_image == "error":
+                    raise
+        if xs:
+            out.append(fn(torch.stack(xs).to(device)).float().cpu())
+    return torch.cat(out), images.labels[np.asarray(keep, dtype=np.int64)]
 
 
 @torch.no_grad()
@@ -77,16 +91,18 @@ def evaluate_features(train_f, train_y, test_f, test_y, cfg: EvalConfig, seed: i
     return out
 
 
-def evaluate_model(model, source, size: int, cfg: EvalConfig, device, seed: int) -> dict[str, float]:
+def evaluate_model(model, source, size: int, cfg: EvalConfig, device, seed: int, on_bad_image: str = "error"
+                   ) -> dict[str, float]:
+    was_training = model.training
     model.eval()
-    trf = embed(source.train, model.features, size, source.mean, source.std, device)
-    tef = embed(source.test, model.features, size, source.mean, source.std, device)
-    model.train()
-    return evaluate_features(trf, source.train.labels, tef, source.test.labels, cfg, seed)
+    trf, try_ = embed(source.train, model.features, size, source.mean, source.std, device, on_bad_image=on_bad_image)
+    tef, tey = embed(source.test, model.features, size, source.mean, source.std, device, on_bad_image=on_bad_image)
+    model.train(was_training)
+    return evaluate_features(trf, try_, tef, tey, cfg, seed)
 
 
-def evaluate_pixels(source, size: int, cfg: EvalConfig, seed: int) -> dict[str, float]:
+def evaluate_pixels(source, size: int, cfg: EvalConfig, seed: int, on_bad_image: str = "error") -> dict[str, float]:
     flat = lambda x: x.flatten(1)  # noqa: E731
-    trf = embed(source.train, flat, size, source.mean, source.std, "cpu")
-    tef = embed(source.test, flat, size, source.mean, source.std, "cpu")
-    return evaluate_features(trf, source.train.labels, tef, source.test.labels, cfg, seed)
+    trf, try_ = embed(source.train, flat, size, source.mean, source.std, "cpu", on_bad_image=on_bad_image)
+    tef, tey = embed(source.test, flat, size, source.mean, source.std, "cpu", on_bad_image=on_bad_image)
+    return evaluate_features(trf, try_, tef, tey, cfg, seed)

@@ -82,6 +82,9 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
                        if cfg.run.device != "auto" else "cpu", kind=task.kind)
         append_row(row, Path(task.results_dir))
         return row
+    from .train import reset_peak_memory, resolve_device
+
+    reset_peak_memory(resolve_device(cfg.run.device))
     trainer = Trainer(cfg)
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
     ckpt = task.checkpoint

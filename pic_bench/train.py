@@ -82,10 +82,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts a fresh peak for this run: CUDA peak stats, or the process's VmHWM (Linux /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mib(device: torch.device) -> float:
+    """CUDA max allocated, or the process's peak RSS since ``reset_peak_memory`` (whole process, torch included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, since process start
 
 
 @dataclass
@@ -130,12 +149,13 @@ class Trainer:
         self.derived = derive(cfg, self.N)
         self.schedule = make_schedule(p.scheduler, self.N, p.D, p.S, cfg.run.seed, p.official_shuffle)
         self.loader = build_loader(cfg, self.source, self.schedule)
-        self.derived["loader"] = self.loader.name
+        self.derived["loader"] = self.loader.name  # which loader ran, for the result row
         # --- model and its optimizer
         self.model = PICModel(cfg.model, self.source.channels).to(self.device)
         # --- data parallel across ranks (a no-op in one process; how PIC is split: see distributed.py)
         self.dist = distributed.current()
         self.model = self.dist.prepare_model(self.model)
+        self.derived["ranks"] = self.dist.world
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.derived["lr"], momentum=o.momentum,
                                    weight_decay=o.weight_decay)
         # --- the instance classifier: w and u live outside the optimizer, so the sparse update is explicit
@@ -270,7 +290,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_model(self.model, self.source, self.cfg.data.image_size, self.cfg.eval, self.device,
-                              self.cfg.run.seed)
+                              self.cfg.run.seed, self.cfg.data.on_bad_image)
 
 
 def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:
@@ -278,13 +298,13 @@ def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tu
     source = source or load_source(cfg.data, cfg.run.seed)
     t0 = time.perf_counter()
     if kind == "pixels":
-        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed)
+        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed, cfg.data.on_bad_image)
     else:
         device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
         model = PICModel(cfg.model, source.channels).to(device)
-        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed)
+        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image)
     m["eval_wall_s"] = time.perf_counter() - t0
     return m, {"N": source.N, "index_digest": source.index_digest}
