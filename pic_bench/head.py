@@ -249,8 +249,9 @@ def update(w: torch.Tensor, u: torch.Tensor, rows: Rows, dwn: torch.Tensor, lr: 
 
         head_triton.update_rows(w, u, U, dwn, rows.wn, rows.w_rn, rows.w_big, lr, momentum, weight_decay)
         return
+    # The dot products' scratch is the buffer that u[U] is gathered into next (one (K, d) buffer less).
     g_U = dwn if rows.w_rn is None else _normalize_backward(
-        dwn, rows.wn, rows.w_rn, rows.w_big, tmp=ws.get("tmp_Kd", (K, d), torch.float32, w.device))  # (K, d)
+        dwn, rows.wn, rows.w_rn, rows.w_big, tmp=ws.get("u_U", (K, d), torch.float32, w.device))  # (K, d)
     if K == N or not correction:
         _dense_step(w, u, U, g_U, lr, momentum, weight_decay, ws, rows.w_U if K == N else None)
         return

@@ -265,14 +265,18 @@ def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, dev
     K_arm, correction = ARMS[arm]
     K = K if K_arm is None else K_arm
     sb = 4 if storage == torch.float32 else 2
+    # The paper's window (D = 131072, S = 16384), not the small preset's: with D < K the last K visits would
+    # hold only about D distinct instances and the softmax would be far smaller than K.
     cfg = apply(build("small"), {"pic.K": K, "pic.correction": correction, "pic.storage": str(storage)[6:],
+                                 "pic.D": 131072, "pic.S": 16384,
                                  "model.dim": D_DEFAULT, "run.device": device.type, "data.loader": "torchvision",
                                  "run.threads": torch.get_num_threads()}, "scaling benchmark")
     B = cfg.optim.batch_size
     base = {"section": "train_step", "arm": arm, "N": N, "K": K, "B": B, "d": D_DEFAULT,
             "storage": str(storage)[6:], "correction": correction, "state_mib": 2 * N * D_DEFAULT * sb / 2**20,
             "backbone": f"{cfg.model.arch} width {cfg.model.width}, {cfg.data.image_size} px"}
-    need = max(bytes_needed(arm, p, N, K, B, D_DEFAULT, sb) for p in paths) + 2 * N * D_DEFAULT * 4 + 2**30
+    # Trainer's set-up holds two float32 (N, d) tensors while it draws w; then the step's needs; plus the model.
+    need = max(2 * N * D_DEFAULT * 4, max(bytes_needed(arm, p, N, K, B, D_DEFAULT, sb) for p in paths)) + 2**30
     have = available_bytes(device)
     if need > 0.7 * have:
         return [{**base, "path": p, "status": "skipped",
@@ -296,7 +300,9 @@ def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, dev
     peaks = {p: peak_extra_mib(f, device) for p, f in fns.items()}
     load0 = os.getloadavg()[0]
     ms = interleaved(fns, rounds, device)
-    rows = [{**base, "path": p, "status": "ok", "K_eff": min(N, K) if K else N, **_stats(ms[p]),
+    start = position[0] - max(K, B)  # |U| at the last step: the distinct instances of the last K visits
+    K_eff = len(np.unique(trainer.schedule.positions(start, max(K, B)))) if K else N
+    rows = [{**base, "path": p, "status": "ok", "K_eff": K_eff, **_stats(ms[p]),
              "peak_extra_mib": peaks[p][0], "peak_kind": peaks[p][1], "loadavg": [load0, os.getloadavg()[0]]}
             for p in paths]
     del trainer, fns
@@ -403,11 +409,15 @@ def describe(row: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------------- plots
 def _latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest row per point (earlier runs stay in the file)."""
+    """The newest row per point, at the thread count of the newest head row (earlier runs stay in the file)."""
+    heads = [r for r in rows if r.get("section") == "head"]
+    if not heads:
+        return []
+    threads = heads[-1].get("threads")
     out: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = (r["section"], r.get("arm"), r.get("path"), r.get("storage"), r.get("N"), r.get("K"))
-        out[key] = r
+        if r.get("threads") == threads:
+            out[(r["section"], r.get("arm"), r.get("path"), r.get("storage"), r.get("N"), r.get("K"))] = r
     return list(out.values())
 
 
@@ -424,6 +434,8 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, machine: str) -> list[Path]:
     for r in rows:
         if r["section"] not in ("head", "train_step"):
             continue
+        if r["path"] == "plain" and (r["storage"] != "float32" or r["arm"] == "recent_no_correction"):
+            continue  # in the rows, not drawn: the plot keeps to the arms the issue compares
         arm = f"{label[r['arm']]}, {r['path']}" + ("" if r["storage"] == "float32" else f", {r['storage']} w, u")
         p = points.setdefault((arm, r["N"]), {"arm": arm, "N": r["N"], "state_mib": r["state_mib"],
                                               "head_ms_median": np.nan, "step_ms_median": np.nan,

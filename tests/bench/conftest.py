@@ -15,6 +15,9 @@ import torch
 from pic_bench.bench.scaling import machine_id
 from pic_bench.results import device_name
 
+if os.environ.get("PIC_BENCH_THREADS"):  # e.g. 1 on a CPU whose cores other jobs share (see the README)
+    torch.set_num_threads(int(os.environ["PIC_BENCH_THREADS"]))
+
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
