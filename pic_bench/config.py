@@ -9,8 +9,9 @@ An ablation file (``ablations/*.yaml``) holds only what differs from the default
 
     name: negatives_k            # the table this file regenerates
     overrides: {pic.correction: true}
-    presets:                     # optional, per-preset overrides for this ablation only
-      small: {optim.epochs: 10}
+    presets:                     # optional, per-preset overrides for this ablation only; a preset may also
+      small: {optim.epochs: 10}  # replace sweep / cells / default_cell / seeds for itself:
+      paper: {sweep: {pic.K: [16384, 65536, 0]}}
     sweep:                       # product of lists; "a,b" as one key zips a and b
       pic.K: [256, 1024, 0]
     cells:                       # optional: explicit arms, crossed with the sweep
@@ -260,6 +261,16 @@ class Ablation:
     default_cell: dict[str, Any]
     seeds: list[int]
     kind: str = "train"  # train | analysis (no training: visit_distance, scaling)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-preset sweep / cells / default_cell / seeds
+
+    def for_preset(self, preset: str) -> "Ablation":
+        """This ablation with the preset's own sweep, cells, default cell and seeds where the file gives them."""
+        plan = self.plans.get(preset, {})
+        if not plan:
+            return self
+        return dataclasses.replace(
+            self, sweep=plan.get("sweep", self.sweep), cells=list(plan.get("cells", self.cells)),
+            default_cell=flatten(plan.get("default_cell", self.default_cell)), seeds=plan.get("seeds", self.seeds))
 
     def cell_overrides(self) -> list[dict[str, Any]]:
         """Every cell of the ablation as the dotted overrides that define it, in file order."""
@@ -303,6 +314,7 @@ class Ablation:
 
 
 ABLATION_KEYS = {"name", "overrides", "presets", "sweep", "cells", "default_cell", "seeds", "kind"}
+PLAN_KEYS = {"sweep", "cells", "default_cell", "seeds"}  # what a preset block may replace besides config keys
 
 
 def load_ablation(path: str | Path) -> Ablation:
@@ -319,9 +331,16 @@ def load_ablation(path: str | Path) -> Ablation:
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)} (known: {sorted(ABLATION_KEYS)})")
     presets = raw.get("presets") or {}
-    for p in presets:
+    plans: dict[str, dict[str, Any]] = {}
+    for p in list(presets):
         if p not in PRESETS:
             raise ConfigError(f"{path}: presets: unknown preset '{p}' (known: {list(PRESETS)})")
+        block = dict(presets[p] or {})
+        plans[p] = {k: block.pop(k) for k in list(block) if k in PLAN_KEYS}
+        presets[p] = block
+        seeds_p = plans[p].get("seeds", [0])
+        if not isinstance(seeds_p, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds_p):
+            raise ConfigError(f"{path}: presets.{p}.seeds must be a list of integers, got {seeds_p!r}")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{path}: 'seeds' must be a list of integers, got {seeds!r}")
@@ -332,10 +351,10 @@ def load_ablation(path: str | Path) -> Ablation:
         name=str(raw.get("name", path.stem)), path=str(path), overrides=flatten(raw.get("overrides") or {}),
         presets={k: flatten(v or {}) for k, v in presets.items()}, sweep=raw.get("sweep") or {},
         cells=list(raw.get("cells") or []), default_cell=flatten(raw.get("default_cell") or {}),
-        seeds=seeds, kind=kind)
+        seeds=seeds, kind=kind, plans=plans)
     # Check every key now, at every preset, so a typo fails at load time and names the file.
     for p in PRESETS:
-        abl.resolve(p)
+        abl.for_preset(p).resolve(p)
     return abl
 
 

@@ -171,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest and "=" not in rest[0]:
         preset = rest.pop(0)
     try:
-        abl = load_ablation(args.ablation)
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}' (known: {list(PRESETS)})")
+        abl = load_ablation(args.ablation).for_preset(preset)
         if args.seeds:
             import dataclasses
 
             abl = dataclasses.replace(abl, seeds=[int(s) for s in args.seeds.split(",")])
         cli = parse_cli_overrides(rest)
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset '{preset}' (known: {list(PRESETS)})")
         tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             from .run import expand
 
             expected = {(t.ablation, t.kind, t.preset, config_hash(t.cfg), t.cfg.run.seed): t.cell
-                        for t in expand(abl, args.preset, {}, str(results), args.checkpoints)}
+                        for t in expand(abl.for_preset(args.preset), args.preset, {}, str(results),
+                                                 args.checkpoints)}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

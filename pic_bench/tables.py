@@ -520,6 +520,7 @@ def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | No
     for p in bad:
         print(f"warning: {p}", file=sys.stderr)
     abl = _ablation_file(name)
+    explicit_default = default_cell is not None
     if default_cell is None and abl is not None:
         default_cell = abl.default_cell
     problems += failed_lines(rows)
@@ -532,7 +533,14 @@ def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | No
     if kinds & set(ANALYSIS_KINDS):
         return _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, preset, write, plots)
 
-    table, warnings = aggregate(rows, default_cell, abl.cell_overrides() if abl is not None else None)
+    table, warnings = [], []
+    for p in sorted({r.get("preset") for r in rows}, key=str):  # a preset may have its own cells and default
+        sub = abl.for_preset(p) if abl is not None else None
+        dc = default_cell if explicit_default or sub is None else sub.default_cell
+        part, warn = aggregate([r for r in rows if r.get("preset") == p], dc,
+                               sub.cell_overrides() if sub is not None else None)
+        table += part
+        warnings += warn
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     groups = sorted({(t["preset"], t["device"]) for t in table})

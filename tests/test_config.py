@@ -86,3 +86,21 @@ def test_presets_are_valid():
         validate(build(p))
     with pytest.raises(ConfigError, match="unknown preset"):
         build("huge")
+
+
+def test_a_preset_can_replace_sweep_cells_default_and_seeds(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("name: p\nsweep: {pic.K: [256, 0]}\ndefault_cell: {pic.K: 0}\nseeds: [0, 1, 2]\n"
+                 "presets:\n  paper:\n    pic.tau: 0.1\n    sweep: {pic.K: [65536, 0]}\n    seeds: [7]\n"
+                 "    default_cell: {pic.K: 65536}\n")
+    a = load_ablation(f)
+    small, paper = a.for_preset("small"), a.for_preset("paper")
+    assert [c["pic.K"] for c in small.cell_overrides()] == [256, 0] and small.seeds == [0, 1, 2]
+    assert [c["pic.K"] for c in paper.cell_overrides()] == [65536, 0] and paper.seeds == [7]
+    assert paper.default_cell == {"pic.K": 65536}
+    cfgs = paper.resolve("paper")
+    assert cfgs[0][1].pic.K == 65536 and cfgs[0][1].pic.tau == 0.1
+    g = tmp_path / "q.yaml"
+    g.write_text("name: q\npresets:\n  paper:\n    sweep: {pic.KK: [1]}\n")
+    with pytest.raises(ConfigError, match=r"q\.yaml.*pic\.KK"):
+        load_ablation(g)
