@@ -148,7 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
-        "data.image_size": 28, "data.crop_min": 0.3, "data.loader": "batched", "data.workers": 0,
+        "data.image_size": 28, "data.crop_min": 0.6, "data.loader": "batched", "data.workers": 0,
         "model.arch": "small_cnn", "model.small_stem": True, "model.width": 16, "model.head_hidden": 512,
         "pic.K": 4096, "pic.D": 4096, "pic.S": 512,
         "optim.batch_size": 64, "optim.base_lr": 0.4, "optim.epochs": 5, "optim.warmup_epochs": 1,
