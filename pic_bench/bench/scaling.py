@@ -255,8 +255,9 @@ class _NoImages:
 
 def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, device: torch.device,
                 paths: tuple[str, ...] = ("fast", "plain")) -> list[dict[str, Any]]:
-    """``Trainer.train_step`` at the small preset (small_cnn, 28 px, d = 128, B = 256) on N instances; the fast
-    and plain heads alternate on one trainer (same state: the two paths compute the same step)."""
+    """``Trainer.train_step`` with a small backbone (small_cnn width 32 + MLP head 512-128, 28 px grey images,
+    B = 256) on N instances; the fast and plain heads alternate on one trainer (same state: the two paths
+    compute the same step)."""
     from ..config import apply, build
     from ..data import Batch
     from ..data.sources import Source
@@ -265,12 +266,15 @@ def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, dev
     K_arm, correction = ARMS[arm]
     K = K if K_arm is None else K_arm
     sb = 4 if storage == torch.float32 else 2
-    # The paper's window (D = 131072, S = 16384), not the small preset's: with D < K the last K visits would
-    # hold only about D distinct instances and the softmax would be far smaller than K.
+    # The backbone and batch are pinned here (the small preset may change). The paper's window (D = 131072,
+    # S = 16384): with D < K the last K visits would hold only about D distinct instances, far fewer than K.
     cfg = apply(build("small"), {"pic.K": K, "pic.correction": correction, "pic.storage": str(storage)[6:],
-                                 "pic.D": 131072, "pic.S": 16384,
-                                 "model.dim": D_DEFAULT, "run.device": device.type, "data.loader": "torchvision",
-                                 "run.threads": torch.get_num_threads()}, "scaling benchmark")
+                                 "pic.D": 131072, "pic.S": 16384, "optim.batch_size": B_DEFAULT,
+                                 "model.arch": "small_cnn", "model.width": 32, "model.head": "mlp",
+                                 "model.head_hidden": 512, "model.dim": D_DEFAULT, "data.image_size": 28,
+                                 "data.views": 1, "data.small_views": 0, "run.device": device.type,
+                                 "data.loader": "torchvision", "run.threads": torch.get_num_threads()},
+                "scaling benchmark")
     B = cfg.optim.batch_size
     base = {"section": "train_step", "arm": arm, "N": N, "K": K, "B": B, "d": D_DEFAULT,
             "storage": str(storage)[6:], "correction": correction, "state_mib": 2 * N * D_DEFAULT * sb / 2**20,
@@ -434,9 +438,9 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, machine: str) -> list[Path]:
     for r in rows:
         if r["section"] not in ("head", "train_step"):
             continue
-        if r["path"] == "plain" and (r["storage"] != "float32" or r["arm"] == "recent_no_correction"):
-            continue  # in the rows, not drawn: the plot keeps to the arms the issue compares
-        arm = f"{label[r['arm']]}, {r['path']}" + ("" if r["storage"] == "float32" else f", {r['storage']} w, u")
+        if r["storage"] != "float32" or (r["path"] == "plain" and r["arm"] == "recent_no_correction"):
+            continue  # in the rows, not drawn: the plot keeps to the float32 arms the issue compares
+        arm = f"{label[r['arm']]}, {r['path']}"
         p = points.setdefault((arm, r["N"]), {"arm": arm, "N": r["N"], "state_mib": r["state_mib"],
                                               "head_ms_median": np.nan, "step_ms_median": np.nan,
                                               "head_peak_mib": np.nan, "step_peak_mib": np.nan})
