@@ -161,7 +161,7 @@ class Trainer:
         # --- the instance classifier: w and u live outside the optimizer, so the sparse update is explicit
         dtype = torch.float32 if p.storage == "float32" else torch.bfloat16
         g = torch.Generator(device="cpu").manual_seed(cfg.run.seed + 17)
-        self.w = (torch.randn(self.N, self.model.out_dim, generator=g) * p.w_init_std).to(self.device, dtype)
+        self.w = torch.randn(self.N, self.model.out_dim, generator=g).mul_(p.w_init_std).to(self.device, dtype)
         self.u = torch.zeros_like(self.w)
         self.negatives = RecentNegatives(self.N, p.K, self.device)
         self.head_ws = head.Workspace()  # fast head's scratch buffers, reused every step (derived, not state)
