@@ -299,12 +299,12 @@ def queue_states(job_ids: list[str] | None = None) -> dict[str, tuple[str, str]]
         r = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            out[parts[0]] = (parts[1], parts[2])
-    return out
+    return {p[0]: (p[1], p[2]) for p in _pipe_rows(r.stdout, 3)}
+
+
+def _pipe_rows(text: str, ncols: int) -> list[list[str]]:
+    """Lines of '|'-separated squeue / sacct output that have exactly ncols fields."""
+    return [p for p in (line.strip().split("|") for line in text.splitlines()) if len(p) == ncols]
 
 
 def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -316,12 +316,7 @@ def accounting_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
         r = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(arrays), "-o", "JobID,State,ExitCode"], timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            out[parts[0]] = (parts[1].split()[0], parts[2])
-    return out
+    return {p[0]: (p[1].split()[0], p[2]) for p in _pipe_rows(r.stdout, 3) if p[1].split()}
 
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",

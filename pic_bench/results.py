@@ -72,12 +72,24 @@ def device_key(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 
+def portable_argv() -> list[str]:
+    """sys.argv with the script path made relative to the repository, so rows name no machine's folders."""
+    root = Path(__file__).resolve().parent.parent
+    argv = list(sys.argv)
+    if argv:
+        try:
+            argv[0] = str(Path(argv[0]).resolve().relative_to(root))
+        except ValueError:
+            argv[0] = Path(argv[0]).name
+    return argv
+
+
 def provenance(device: torch.device | str) -> dict[str, Any]:
     return {
         **git_state(), "versions": versions(), "device": device_name(device), "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": portable_argv(),
     }
 
 
