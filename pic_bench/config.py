@@ -63,6 +63,7 @@ class ModelConfig:
     arch: str = "resnet50"  # resnet18 | resnet50 | small_cnn
     small_stem: bool = False  # 3x3 stride-1 stem and no max-pool, for 28-32 px inputs
     width: int = 64  # channel width of small_cnn's first stage (ResNets ignore it)
+    pool: int = 1  # the backbone's last average pool gives a pool x pool grid (1 = global, as in the paper)
     head: str = "mlp"  # projection head: mlp (2-layer) | linear | none
     head_hidden: int = 2048  # hidden width of the MLP head
     dim: int = 128  # d, the feature dimension of z and of each classifier row w_j
@@ -140,7 +141,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Scale presets. `paper` follows the official training script (github bl0/PIC scripts/PIC.sh and
 # contrast/option.py): ResNet-50, MLP head, tau 0.2, 4 GPUs x 64 images, base lr 0.03, SGD momentum 0.9,
 # weight decay 1e-4, cosine schedule with warm-up of epochs/40, D = 131072, S = 16384, 200 epochs.
-# `small` is tuned for a 2-core CPU on a 10k-image Fashion-MNIST subset; `smoke` for tests.
+# `small` is tuned for a 2-core CPU on a 10k-image Fashion-MNIST subset, with the paper's window proportions
+# (N / D ~ 10, D / S = 8, K = D / 2) and a 3 x 3 final pool (576-d features; see results/README.md for what the
+# global pool gave); `smoke` for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "data.dataset": "imagefolder", "data.image_size": 224, "data.workers": 8,
@@ -149,8 +152,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
         "data.image_size": 28, "data.crop_min": 0.6, "data.loader": "batched", "data.workers": 0,
-        "model.arch": "small_cnn", "model.small_stem": True, "model.width": 16, "model.head_hidden": 512,
-        "pic.K": 4096, "pic.D": 4096, "pic.S": 512,
+        "model.arch": "small_cnn", "model.small_stem": True, "model.width": 16, "model.pool": 3,
+        "model.head_hidden": 512, "pic.K": 512, "pic.D": 1024, "pic.S": 128,
         "optim.batch_size": 64, "optim.base_lr": 0.4, "optim.epochs": 5, "optim.warmup_epochs": 1,
         "optim.weight_decay": 5e-4,
         "run.device": "cpu", "run.threads": 2, "eval.linear_epochs": 200,
@@ -381,6 +384,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     if 0 < p.K < o.batch_size:
         raise ConfigError(f"{where}: pic.K={p.K} is smaller than the batch ({o.batch_size}); "
                           "recent negatives always include the current batch")
+    if cfg.model.pool < 1:
+        raise ConfigError(f"{where}: model.pool must be >= 1 (1 = global average pool), got {cfg.model.pool}")
     if d.views < 1:
         raise ConfigError(f"{where}: data.views must be >= 1, got {d.views}")
     if not 0 < d.crop_min <= 1:

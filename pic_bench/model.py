@@ -1,7 +1,9 @@
 """Backbone + projection head. ``forward`` returns z (B, d) and has no side effects.
 
 Backbones: torchvision ResNet-18/50 (``small_stem``: 3x3 stride-1 first conv and no max-pool, for 28-32 px
-inputs) and ``small_cnn``, a 5-conv network for 2-core CPU runs on 28 px images. Heads: the paper's 2-layer MLP
+inputs) and ``small_cnn``, a 5-conv network for 2-core CPU runs on 28 px images. The last average pool of either
+gives a ``pool`` x ``pool`` grid, flattened (``pool`` = 1: the usual global pool, feature = channels; the small
+preset's 3 keeps the coarse layout of a 28 px image: 9 x 64 = 576-d features from the last 7 x 7 map). Heads: the paper's 2-layer MLP
 (Linear-BN-ReLU-Linear, 2048-2048-128 on ResNet-50), a linear layer, or none (z is the backbone feature).
 """
 from __future__ import annotations
@@ -17,23 +19,24 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def small_cnn(channels: int, width: int) -> tuple[nn.Module, int]:
+def small_cnn(channels: int, width: int, pool: int = 1) -> tuple[nn.Module, int]:
     w = width
     net = nn.Sequential(
         *_block(channels, w), *_block(w, w), nn.MaxPool2d(2),
         *_block(w, 2 * w), *_block(2 * w, 2 * w), nn.MaxPool2d(2),
-        *_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return net, 4 * w
+        *_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+    return net, 4 * w * pool * pool
 
 
-def resnet(arch: str, channels: int, small_stem: bool) -> tuple[nn.Module, int]:
+def resnet(arch: str, channels: int, small_stem: bool, pool: int = 1) -> tuple[nn.Module, int]:
     net = getattr(torchvision.models, arch)(weights=None)
     if small_stem or channels != 3:
         k, s, p = (3, 1, 1) if small_stem else (7, 2, 3)
         net.conv1 = nn.Conv2d(channels, 64, k, s, p, bias=False)
     if small_stem:
         net.maxpool = nn.Identity()
-    feat = net.fc.in_features
+    feat = net.fc.in_features * pool * pool
+    net.avgpool = nn.AdaptiveAvgPool2d(pool)  # torchvision's forward flattens after it
     net.fc = nn.Identity()
     return net, feat
 
@@ -42,9 +45,9 @@ class PICModel(nn.Module):
     def __init__(self, cfg: ModelConfig, channels: int):
         super().__init__()
         if cfg.arch == "small_cnn":
-            self.backbone, self.feat_dim = small_cnn(channels, cfg.width)
+            self.backbone, self.feat_dim = small_cnn(channels, cfg.width, cfg.pool)
         else:
-            self.backbone, self.feat_dim = resnet(cfg.arch, channels, cfg.small_stem)
+            self.backbone, self.feat_dim = resnet(cfg.arch, channels, cfg.small_stem, cfg.pool)
         if cfg.head == "mlp":
             self.head = nn.Sequential(nn.Linear(self.feat_dim, cfg.head_hidden), nn.BatchNorm1d(cfg.head_hidden),
                                       nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, cfg.dim))

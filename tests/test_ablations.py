@@ -65,7 +65,7 @@ def test_every_file_opens_with_the_header(path):
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)
 def test_paper_preset_carries_the_paper_setting(path):
-    abl = load_ablation(path)
+    abl = load_ablation(path).for_preset("paper")
     for cell, cfg in abl.resolve("paper"):
         assert cfg.model.arch == "resnet50" and cfg.data.dataset == "imagefolder" and cfg.model.head == "mlp" \
             or "model.head" in cell
@@ -78,7 +78,7 @@ def test_paper_preset_carries_the_paper_setting(path):
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)
 def test_training_file_runs_at_smoke(path, tmp_path):
-    abl = load_ablation(path)
+    abl = load_ablation(path).for_preset("smoke")
     rc = run.main([str(path), "smoke", "--seeds", "0", "--results", str(tmp_path), "-q"])
     assert rc == 0
     got = rows(tmp_path, abl.name)

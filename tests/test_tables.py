@@ -312,7 +312,7 @@ def test_analysis_tables_and_plots(tmp_path):
                  "head_peak_mib": 10.0, "step_peak_mib": 20.0, "peak_mem_kind": "cpu_peak_rss"}
             scaling.append(make("scaling", {**cell, "data.num_instances": N}, 0, 0, 0, kind="scaling", metrics=m,
                                 extra={**cell, "data.num_instances": N},
-                                derived={"N": N, "K_effective": N if cell.get("pic.K") == 0 else 4096, "B": 256,
+                                derived={"N": N, "K_effective": N if cell.get("pic.K") == 0 else 512, "B": 256,
                                          "d": 128, "implementation": "test"}))
     skipped = make("scaling", {"pic.K": 0, "pic.correction": False, "data.num_instances": 10**8}, 0, 0, 0,
                    kind="scaling", status="skipped", metrics={}, derived={"N": 10**8},
@@ -329,7 +329,7 @@ def test_analysis_tables_and_plots(tmp_path):
     assert share >= 0.85  # 7 of 8 revisits within 2D at D / S = 8
     sc = (out / "scaling.md").read_text()
     full = line_starting(sc, "| full softmax (all N), dense update | 100,000 |")
-    recent = line_starting(sc, "| recent K=4096, correction | 100,000 |")
+    recent = line_starting(sc, f"| recent K={build('small').pic.K}, correction | 100,000 |")
     assert full.rstrip().endswith("| 1.0 |") and recent.rstrip().endswith("| 250.0 |")  # 1000 ms / 4 ms
     assert "N = 100,000,000: needs about 95.4 GiB, 70.0 GiB available" in sc
     assert (out / "scaling.csv").read_text().count("\n") == 5  # header + 4 measured points
