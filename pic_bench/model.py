@@ -3,8 +3,9 @@
 Backbones: torchvision ResNet-18/50 (``small_stem``: 3x3 stride-1 first conv and no max-pool, for 28-32 px
 inputs) and ``small_cnn``, a 5-conv network for 2-core CPU runs on 28 px images. The last average pool of either
 gives a ``pool`` x ``pool`` grid, flattened (``pool`` = 1: the usual global pool, feature = channels; the small
-preset's 3 keeps the coarse layout of a 28 px image: 9 x 64 = 576-d features from the last 7 x 7 map). Heads: the paper's 2-layer MLP
-(Linear-BN-ReLU-Linear, 2048-2048-128 on ResNet-50), a linear layer, or none (z is the backbone feature).
+preset's 3 keeps the coarse layout of a 28 px image: 9 x 64 = 576-d features from the last 7 x 7 map).
+Heads: the paper's 2-layer MLP (Linear-BN-ReLU-Linear, 2048-2048-128 on ResNet-50), a linear layer, or none (z is
+the backbone feature).
 """
 from __future__ import annotations
 
