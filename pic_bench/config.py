@@ -320,16 +320,22 @@ ABLATION_KEYS = {"name", "overrides", "presets", "sweep", "cells", "default_cell
 PLAN_KEYS = {"sweep", "cells", "default_cell", "seeds"}  # what a preset block may replace besides config keys
 
 
-def load_ablation(path: str | Path) -> Ablation:
-    path = Path(path)
+def read_yaml_mapping(path: Path, missing: str, not_mapping: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is a ConfigError naming the file."""
     if not path.is_file():
-        raise ConfigError(f"ablation file not found: {path}")
+        raise ConfigError(missing)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must be a mapping at the top level")
+        raise ConfigError(f"{path}: {not_mapping}")
+    return raw
+
+
+def load_ablation(path: str | Path) -> Ablation:
+    path = Path(path)
+    raw = read_yaml_mapping(path, f"ablation file not found: {path}", "must be a mapping at the top level")
     unknown = set(raw) - ABLATION_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)} (known: {sorted(ABLATION_KEYS)})")

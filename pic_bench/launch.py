@@ -34,7 +34,7 @@ from typing import Any
 import submitit
 import yaml
 
-from .config import ConfigError, apply, config_hash
+from .config import ConfigError, apply, config_hash, read_yaml_mapping
 from .run import Task, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
@@ -104,14 +104,8 @@ def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = Non
     layers = []
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"cluster file not found: {path} (copy slurm/cluster.yaml and edit it)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: must be a mapping of cluster settings")
+        raw = read_yaml_mapping(path, f"cluster file not found: {path} (copy slurm/cluster.yaml and edit it)",
+                                "must be a mapping of cluster settings")
         layers.append((str(path), raw))
     layers.append(("command line (--slurm)", overrides or {}))
     for where, raw in layers:
