@@ -72,16 +72,29 @@ def device_key(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 
-def portable_argv() -> list[str]:
-    """sys.argv with the script path made relative to the repository, so rows name no machine's folders."""
-    root = Path(__file__).resolve().parent.parent
-    argv = list(sys.argv)
-    if argv:
-        try:
-            argv[0] = str(Path(argv[0]).resolve().relative_to(root))
-        except ValueError:
-            argv[0] = Path(argv[0]).name
-    return argv
+def _portable_path(value: str, root: Path) -> str:
+    """An absolute path inside the repository -> relative to it; any other absolute path -> '.../<last part>'."""
+    if not os.path.isabs(value):
+        return value
+    try:
+        return str(Path(value).resolve().relative_to(root))
+    except ValueError:
+        return ".../" + Path(value).name
+
+
+def portable_argv(argv: list[str] | None = None, root: Path | None = None) -> list[str]:
+    """The command line with every absolute path made portable, so rows name no machine's folders.
+
+    Paths inside the repository become relative to it; other absolute paths keep only their last part
+    ('/data/x/results' -> '.../results'), bare or as the value of ``--flag=`` / ``key=``. The resolved config in the
+    same row still records every setting, data.root included.
+    """
+    root = root or Path(__file__).resolve().parent.parent
+    out = []
+    for arg in list(sys.argv if argv is None else argv):
+        head, sep, value = arg.rpartition("=") if "=" in arg else ("", "", arg)
+        out.append(head + sep + _portable_path(value, root))
+    return out
 
 
 def provenance(device: torch.device | str) -> dict[str, Any]:

@@ -156,3 +156,16 @@ def test_unreadable_image_names_the_file(tmp_path):
     t = Trainer(cfg)
     with pytest.raises(BadImageError, match=bad.name):
         t.train()
+
+
+def test_rows_argv_names_no_machine_folder(tmp_path):
+    from pic_bench.results import portable_argv
+
+    root = tmp_path / "repo"
+    (root / "pic_bench").mkdir(parents=True)
+    argv = [str(root / "pic_bench" / "run.py"), "ablations/negatives_k.yaml", "small", "--results",
+            "/data/someone/results", f"--checkpoints={tmp_path}/ck", "data.root=/mnt/imagenet/train", "pic.K=512",
+            str(root / "ablations" / "x.yaml")]
+    assert portable_argv(argv, root) == [
+        "pic_bench/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
+        "--checkpoints=.../ck", "data.root=.../train", "pic.K=512", "ablations/x.yaml"]
