@@ -231,9 +231,32 @@ def from_dict(d: dict[str, Any], where: str = "dict") -> Config:
     return apply(Config(), d, where)
 
 
+# Keys added after rows were committed, each with the value that every earlier run used. The config hash leaves a
+# key out while it holds that value, and rows written before the key existed read as having it
+# (``with_added_keys``), so a committed row keeps its hash and is compared with new rows for what it really ran.
+# Add a key here in the commit that adds it to a dataclass above (its earlier value, not its new default).
+ADDED_KEYS: dict[str, Any] = {}
+
+
+def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A row's resolved config (nested dict) with every key of ``ADDED_KEYS`` it lacks set to its earlier value."""
+    out = {section: dict(values) for section, values in config.items()}
+    for dotted, earlier in ADDED_KEYS.items():
+        section, name = dotted.split(".")
+        out.setdefault(section, {}).setdefault(name, earlier)
+    return out
+
+
 def config_hash(cfg: Config) -> str:
-    """Hash of everything that defines an experiment cell, the seed excluded (cells group seeds)."""
+    """Hash of everything that defines an experiment cell, the seed excluded (cells group seeds).
+
+    A key of ``ADDED_KEYS`` at its earlier value is left out, so hashes of configs that earlier code could
+    express do not change when a key is added."""
     d = to_dict(cfg)
+    for dotted, earlier in ADDED_KEYS.items():
+        section, name = dotted.split(".")
+        if d[section].get(name) == earlier:
+            del d[section][name]
     d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic",)}
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("workers", "root")}
     blob = json.dumps(d, sort_keys=True).encode()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, config_hash, to_dict
+from .config import Config, config_hash, to_dict, with_added_keys
 
 DEFAULT_RESULTS = Path("results")
 
@@ -188,6 +188,7 @@ def read_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None
                 if missing:
                     problems.append(RowProblem(str(path), n, f"missing field(s) {missing}"))
                     continue
+                row["config"] = with_added_keys(row["config"])  # keys added since it was written: what it ran
                 rows.append(row)
     return rows, problems
 
