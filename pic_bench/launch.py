@@ -35,7 +35,7 @@ import submitit
 import yaml
 
 from .config import ConfigError, apply, config_hash, read_yaml_mapping
-from .run import Task, run_task
+from .tasks import Task, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
 
