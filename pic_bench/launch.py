@@ -34,8 +34,8 @@ from typing import Any
 import submitit
 import yaml
 
-from .config import ConfigError, apply, config_hash, read_yaml_mapping
-from .tasks import Task, run_task
+from .config import ConfigError, apply, read_yaml_mapping
+from .tasks import Task, dedupe, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
 
@@ -270,7 +270,8 @@ def manifest_file(results_dir: Path, ablation: str) -> Path:
 
 
 def task_key(task: Task) -> list:
-    return [task.ablation, task.kind, task.preset, config_hash(task.cfg), task.cfg.run.seed]
+    """``task.key`` as a JSON list, for the manifest (the same tuple as the row key of the task's row)."""
+    return list(task.key)
 
 
 def read_manifest(results_dir: Path, ablation: str) -> dict[tuple, dict[str, Any]]:
@@ -325,6 +326,7 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
     Returns 0 (with ``wait``: 0 when every task landed an ok row, 1 otherwise); 2 for bad cluster settings.
     """
     results_dir = Path(results_dir)
+    tasks = dedupe(tasks)  # one array task per key: duplicates would share a checkpoint and race for one row
     try:
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)

@@ -109,15 +109,28 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
 def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, status: str,
              metrics: dict[str, Any], derived: dict[str, Any], device, error: str | None = None,
              kind: str = "pic") -> dict[str, Any]:
+    """One result row. ``row["data"]`` names the data the run saw: the dataset, N (instances), the image size and
+    the digest of its index -> image map (``derived["index_digest"]``), which is part of the row's key."""
+    data = {"dataset": cfg.data.dataset, "N": derived.get("N"), "image_size": cfg.data.image_size,
+            "digest": derived.get("index_digest")}
     return {
         "ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "config_hash": config_hash(cfg),
         "seed": cfg.run.seed, "status": status, "error": error, "metrics": metrics, "derived": derived,
-        "config": to_dict(cfg), **provenance(device),
+        "data": data, "config": to_dict(cfg), **provenance(device),
     }
 
 
+def row_digest(row: dict[str, Any]) -> str | None:
+    """The digest of the data a row ran on: ``row["data"]["digest"]``, or for rows written before that field
+    existed ``derived.index_digest`` (every committed training row has it; analysis rows have neither: None)."""
+    return (row.get("data") or {}).get("digest") or (row.get("derived") or {}).get("index_digest")
+
+
 def row_key(row: dict[str, Any]) -> tuple:
-    return (row.get("ablation"), row.get("kind"), row.get("preset"), row.get("config_hash"), row.get("seed"))
+    """A row's cell identity: the config hash leaves paths out (data.root), so the same data at another path is
+    the same cell, and the data's digest tells another dataset (or another selection of it) apart."""
+    return (row.get("ablation"), row.get("kind"), row.get("preset"), row.get("config_hash"), row.get("seed"),
+            row_digest(row))
 
 
 def rows_file(results_dir: Path, ablation: str) -> Path:
@@ -193,6 +206,8 @@ def read_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None
     return rows, problems
 
 
-def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str, seed: int) -> bool:
+def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str, seed: int,
+            digest: str | None = None) -> bool:
+    """Whether an ok row of this key exists (``digest`` None: rows that record no data digest, as analyses)."""
     rows, _ = read_rows(results_dir, ablation)
-    return any(row_key(r) == (ablation, kind, preset, chash, seed) and r["status"] == "ok" for r in rows)
+    return any(row_key(r) == (ablation, kind, preset, chash, seed, digest) and r["status"] == "ok" for r in rows)

@@ -100,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.preset:
             if abl is None:
                 raise ConfigError(f"--preset needs an ablation file; '{args.ablation}' is not one")
-            from .config import config_hash
             from .run import expand
 
-            expected = {(t.ablation, t.kind, t.preset, config_hash(t.cfg), t.cfg.run.seed): t.cell
+            expected = {t.key: t.cell
                         for t in expand(abl.for_preset(args.preset), args.preset, {}, str(results),
                                                  args.checkpoints)}
     except ConfigError as e:

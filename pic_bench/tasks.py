@@ -6,6 +6,8 @@ below both ``run`` (the command line) and ``launch`` (SLURM), so neither has to 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import sys
 import time
 import traceback
@@ -17,9 +19,54 @@ from .config import Config, config_hash
 from .results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
+# data config (and the seed, for data drawn from it) -> the digest of its index -> image map, per process
+_DIGESTS: dict[tuple, str] = {}
+
+
+def data_digest(cfg: Config) -> str:
+    """The digest of the instances a config trains on (``Source.index_digest``), loaded once per distinct data
+    config in this process: a sweep over 20 cells x 3 seeds lists or reads its dataset once, not 60 times."""
+    # only the synthetic source draws its images from the run seed; others are the same at every seed
+    key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
+    if key not in _DIGESTS:
+        from .data.sources import load_source
+
+        _DIGESTS[key] = load_source(cfg.data, cfg.run.seed).index_digest
+    return _DIGESTS[key]
+
+
+def short_digest(digest: str | None, n: int = 8) -> str:
+    """The first n hex digits of a digest, for file and task names (a non-hex digest is hashed first)."""
+    d = digest or ""
+    if len(d) < n or any(c not in "0123456789abcdef" for c in d[:n]):
+        d = hashlib.sha256(d.encode()).hexdigest()
+    return d[:n]
+
+
+def dedupe(tasks: list["Task"]) -> list["Task"]:
+    """The tasks with duplicate keys removed (first kept), with a warning naming them: two tasks with one key
+    would run the same experiment twice and share a checkpoint and a row."""
+    seen: dict[tuple, Task] = {}
+    dups = []
+    for t in tasks:
+        if t.key in seen:
+            dups.append(t)
+        else:
+            seen[t.key] = t
+    if dups:
+        names = ", ".join(f"{t.name} {t.cell or 'default'}" for t in dups[:5]) + (" ..." if len(dups) > 5 else "")
+        print(f"warning: {len(dups)} task(s) resolve to the same experiment as an earlier one and are dropped "
+              f"(same kind, preset, config, data and seed): {names}", file=sys.stderr)
+    return list(seen.values())
+
+
 @dataclass(frozen=True)
 class Task:
-    """One array task: a cell of an ablation at one seed (picklable, for submitit)."""
+    """One array task: a cell of an ablation at one seed (picklable, for submitit).
+
+    Its identity (``key``) is the experiment: kind, preset, config hash (paths left out), the digest of the data it
+    trains on, and the seed. The same dataset at another path is the same task; another dataset is another.
+    """
 
     ablation: str
     preset: str
@@ -29,17 +76,38 @@ class Task:
     results_dir: str = str(DEFAULT_RESULTS)
     checkpoint_dir: str = "checkpoints"
 
+    @functools.cached_property
+    def digest(self) -> str:
+        return data_digest(self.cfg)
+
+    @property
+    def key(self) -> tuple:
+        """The same tuple as ``results.row_key`` of this task's row."""
+        return (self.ablation, self.kind, self.preset, config_hash(self.cfg), self.cfg.run.seed, self.digest)
+
     @property
     def name(self) -> str:
-        return f"{self.ablation}/{self.kind}/{self.preset}/{config_hash(self.cfg)}/s{self.cfg.run.seed}"
+        return (f"{self.ablation}/{self.kind}/{self.preset}/{config_hash(self.cfg)}-{short_digest(self.digest)}"
+                f"/s{self.cfg.run.seed}")
+
+    @property
+    def stem(self) -> str:
+        """File stem naming every part of the key (the ablation and its folder aside)."""
+        return (f"{self.kind}-{self.preset}-{config_hash(self.cfg)}-{short_digest(self.digest)}"
+                f"-s{self.cfg.run.seed}")
 
     @property
     def checkpoint(self) -> Path:
-        return Path(self.checkpoint_dir) / self.ablation / self.preset / f"{config_hash(self.cfg)}-s{self.cfg.run.seed}.pt"
+        # every part of the key, so a checkpoint belongs to exactly one task
+        return Path(self.checkpoint_dir) / self.ablation / self.preset / (
+            f"{self.kind}-{config_hash(self.cfg)}-{short_digest(self.digest, 16)}-s{self.cfg.run.seed}.pt")
+
+    @property
+    def curve(self) -> Path:
+        return Path(self.results_dir) / "curves" / self.ablation / f"{self.stem}.jsonl"
 
     def done(self) -> bool:
-        return has_row(Path(self.results_dir), self.ablation, self.kind, self.preset, config_hash(self.cfg),
-                       self.cfg.run.seed)
+        return has_row(Path(self.results_dir), *self.key)
 
 
 def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
@@ -101,6 +169,7 @@ def run_local(tasks: list[Task], quiet: bool = False) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     rows = []
+    tasks = dedupe(tasks)
     todo = [t for t in tasks if not t.done()]
     if len(todo) < len(tasks):
         print(f"skipping {len(tasks) - len(todo)} task(s) whose row already exists", file=sys.stderr)

@@ -1,0 +1,145 @@
+"""Cell identity is the experiment: the data's digest is part of a row's key, of ``Task.done()``, of task names and
+checkpoint paths; tasks with one key are submitted once."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pic_bench import launch, tasks as tasks_mod
+from pic_bench.config import apply, build, load_ablation
+from pic_bench.data.sources import encode_jpeg, load_source
+from pic_bench.results import read_rows, row_key
+from pic_bench.run import expand, main
+from pic_bench.tasks import Task
+
+
+def write_folder(root: Path, n: int, prefix: str = "img") -> Path:
+    src = load_source(build("smoke").data)
+    for i in range(n):
+        d = root / "train" / f"c{src.train.labels[i] % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{prefix}{i:03d}.jpg").write_bytes(encode_jpeg(src.train.images[i].expand(3, -1, -1).contiguous()))
+    return root
+
+
+def folder_ablation(tmp_path: Path) -> Path:
+    f = tmp_path / "folders.yaml"
+    f.write_text("name: folders\nseeds: [0]\nsweep: {pic.tau: [0.2]}\n")
+    return f
+
+
+def run_on(tmp_path: Path, abl: Path, root: Path) -> int:
+    return main([str(abl), "smoke", "--results", str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"),
+                 "--no-baselines", "-q", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+                 "data.test_size=0", "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=2",
+                 "eval.knn_k=3", "eval.linear_epochs=2"])
+
+
+def test_another_image_folder_is_another_cell_and_the_same_folder_elsewhere_is_the_same(tmp_path, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    abl = folder_ablation(tmp_path)
+    a = write_folder(tmp_path / "A", 12)
+    b = write_folder(tmp_path / "B", 16, prefix="other")
+    assert run_on(tmp_path, abl, a) == 0
+    assert run_on(tmp_path, abl, b) == 0  # before: "skipping 1 task(s) whose row already exists"
+    assert "skipping" not in capsys.readouterr().err
+    rows, problems = read_rows(tmp_path / "res", "folders")
+    assert not problems and len(rows) == 2
+    assert rows[0]["config_hash"] == rows[1]["config_hash"]  # config_hash itself is unchanged: paths left out
+    assert rows[0]["data"]["digest"] != rows[1]["data"]["digest"]
+    assert [r["data"]["N"] for r in rows] == [12, 16]
+    assert {tuple(sorted(r["data"])) for r in rows} == {("N", "dataset", "digest", "image_size")}
+    assert rows[0]["data"]["dataset"] == "imagefolder" and rows[0]["data"]["image_size"] == 8
+    assert rows[0]["data"]["digest"] == rows[0]["derived"]["index_digest"]
+    # folder A copied elsewhere is the same data: its cell is done
+    shutil.copytree(a, tmp_path / "A_moved")
+    assert run_on(tmp_path, abl, tmp_path / "A_moved") == 0
+    assert "skipping 1 task(s) whose row already exists" in capsys.readouterr().err
+    assert len(read_rows(tmp_path / "res", "folders")[0]) == 2
+
+
+def test_rows_without_a_data_field_read_their_digest_from_derived(tmp_path):
+    cfg = apply(build("smoke"), {"optim.max_steps": 1}, "t")
+    t = Task("legacy", "smoke", {}, cfg, results_dir=str(tmp_path))
+    row = {"ablation": "legacy", "preset": "smoke", "kind": "pic", "config_hash": t.key[3], "seed": 0,
+           "status": "ok", "metrics": {}, "config": {}, "derived": {"index_digest": t.digest}}
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "legacy.jsonl").write_text(json.dumps(row) + "\n")
+    assert row_key(row) == t.key and t.done()
+    other = Task("legacy", "smoke", {}, apply(cfg, {"data.num_instances": 128}, "t"), results_dir=str(tmp_path))
+    assert not other.done()
+
+
+def test_every_committed_row_is_done_for_the_tasks_that_wrote_it():
+    abl = load_ablation("ablations/negatives_k.yaml").for_preset("small")
+    ts = expand(abl, "small", {}, "results")
+    assert ts and all(t.done() for t in ts)
+
+
+def test_the_dataset_index_is_loaded_once_per_data_config_when_expanding(tmp_path, monkeypatch):
+    import pic_bench.data.sources as sources
+
+    calls = []
+    real = sources.load_source
+    monkeypatch.setattr(sources, "load_source", lambda cfg, seed=0: calls.append(cfg) or real(cfg, seed))
+    monkeypatch.setattr(tasks_mod, "_DIGESTS", {})
+    f = tmp_path / "two.yaml"
+    f.write_text("name: two\nseeds: [0, 1, 2]\nsweep: {pic.tau: [0.1, 0.2], data.num_instances: [128, 256]}\n")
+    ts = expand(load_ablation(f).for_preset("smoke"), "smoke", {}, str(tmp_path))
+    assert len(ts) >= 12 and not any(t.done() for t in ts)
+    assert len(calls) == 2  # two data configs (N = 128, 256), whatever the seeds and the temperature
+    assert len({t.digest for t in ts}) == 2
+
+
+def test_the_checkpoint_path_and_name_hold_every_part_of_the_key(tmp_path):
+    cfg = build("smoke")
+    base = Task("x", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+    variants = [base, Task("x", "smoke", {}, cfg, "baseline_random", str(tmp_path), str(tmp_path / "ck")),
+                Task("x", "small", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck")),
+                Task("x", "smoke", {}, apply(cfg, {"run.seed": 1}, "t"), results_dir=str(tmp_path),
+                     checkpoint_dir=str(tmp_path / "ck")),
+                Task("x", "smoke", {}, apply(cfg, {"data.num_instances": 100}, "t"), results_dir=str(tmp_path),
+                     checkpoint_dir=str(tmp_path / "ck"))]
+    assert len({t.key for t in variants}) == 5
+    assert len({t.checkpoint for t in variants}) == 5
+    assert len({t.name for t in variants}) == 5
+    # another dataset with an identical config hash (data.root is outside it) gets its own checkpoint
+    other = Task("x", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+    object.__setattr__(other, "digest", "f" * 64)
+    assert other.key[3] == base.key[3] and other.checkpoint != base.checkpoint
+
+
+class FakeJob:
+    def __init__(self, i):
+        self.job_id = f"77_{i}"
+        self.paths = type("P", (), {"stdout": f"o{i}", "stderr": f"e{i}"})()
+
+
+def test_tasks_with_one_key_are_submitted_once(tmp_path, monkeypatch, capsys):
+    submitted = []
+
+    class FakeExecutor:
+        def __init__(self, **kw):
+            pass
+
+        def update_parameters(self, **kw):
+            pass
+
+        def map_array(self, fn, todo):
+            submitted.extend(todo)
+            return [FakeJob(i) for i in range(len(todo))]
+
+    monkeypatch.setattr(launch.submitit, "SlurmExecutor", FakeExecutor)
+    monkeypatch.setattr(launch, "validate", lambda *a, **k: None)
+    monkeypatch.setattr(launch, "queue_states", lambda *a, **k: {})
+    cfg = build("smoke")
+    t = Task("dup", "smoke", {"pic.K": 128}, cfg, results_dir=str(tmp_path))
+    same = Task("dup", "smoke", {"pic.K": 512}, cfg, results_dir=str(tmp_path))  # a cell resolving to one config
+    other = Task("dup", "smoke", {}, apply(cfg, {"run.seed": 3}, "t"), results_dir=str(tmp_path))
+    assert launch.submit([t, same, other], None, results_dir=tmp_path) == 0
+    assert len(submitted) == 2 and len({s.key for s in submitted}) == 2
+    assert "warning: 1 task(s) resolve to the same experiment" in capsys.readouterr().err
+    manifest = launch.read_manifest(tmp_path, "dup")
+    assert set(manifest) == {t.key, other.key}
