@@ -35,7 +35,7 @@ import submitit
 import yaml
 
 from .config import ConfigError, apply, read_yaml_mapping
-from .tasks import Task, dedupe, run_task
+from .tasks import Task, dedupe, resume, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
 
@@ -256,9 +256,7 @@ def follow(task: Task, should_stop) -> None:
     evaluates and writes the row."""
     from .train import Trainer
 
-    trainer = Trainer(task.cfg)
-    if task.checkpoint.is_file():
-        trainer.load(task.checkpoint)
+    trainer = resume(Trainer(task.cfg), task.checkpoint, move=False)  # rank 0 moves an unreadable one aside
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
     return None
 

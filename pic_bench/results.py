@@ -1,8 +1,10 @@
 """Result rows: one JSON line per run, with provenance, appended atomically under ``results/rows/``.
 
 A row is written with a single ``write`` of one line while holding an exclusive ``fcntl`` lock on the file, so
-many SLURM array tasks can finish at once without interleaving; a row whose (ablation, config hash, seed,
-preset) is already present is not written again, so a requeued task never duplicates its row.
+many SLURM array tasks can finish at once without interleaving; a row whose key (``row_key``: ablation, kind,
+preset, config hash, seed, data digest) is already present with status ok is not written again, so a requeued
+task never duplicates its row. A half-written last line (a node that died mid-write) is moved to
+``<ablation>.jsonl.quarantine`` before the next row is appended, so every complete row stays readable.
 ``read_rows`` returns the valid rows and reports malformed lines by file and line number.
 """
 from __future__ import annotations
@@ -137,27 +139,63 @@ def rows_file(results_dir: Path, ablation: str) -> Path:
     return Path(results_dir) / "rows" / f"{ablation}.jsonl"
 
 
+def quarantine_file(path: Path) -> Path:
+    return path.with_name(path.name + ".quarantine")
+
+
+def _repair_tail(f, path: Path, data: bytes) -> bytes:
+    """Cuts a half-written last line (a writer killed mid-write: the file does not end with a newline) back to the
+    last complete line, so the next row starts on a line of its own; the cut bytes go to ``<rows>.quarantine``
+    with their line number and the time, and a warning names both files. Returns the data that remains.
+
+    Called with the file's exclusive lock held. A last line that is complete JSON and lacks only its newline is
+    kept and given one."""
+    if not data or data.endswith(b"\n"):
+        return data
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        if isinstance(json.loads(tail), dict):
+            f.write(b"\n")
+            return data + b"\n"
+    except ValueError:
+        pass
+    line = data[:cut].count(b"\n") + 1
+    q = quarantine_file(path)
+    entry = {"file": path.name, "line": line, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "bytes": len(tail),
+             "text": tail.decode("utf-8", "replace")}
+    with open(q, "a", encoding="utf-8") as g:
+        g.write(json.dumps(entry) + "\n")
+        g.flush()
+        os.fsync(g.fileno())
+    f.truncate(cut)
+    print(f"warning: {path}: line {line} was cut off mid-write ({len(tail)} bytes, not a complete row); moved it "
+          f"to {q} and cut the file back to its last complete line", file=sys.stderr)
+    return data[:cut]
+
+
 def append_row(row: dict[str, Any], results_dir: Path = DEFAULT_RESULTS, replace_failed: bool = True) -> bool:
     """Appends ``row`` unless a successful row with the same key exists. Returns whether it was written.
 
-    The check and the append happen under one exclusive lock, so concurrent writers never duplicate a row.
+    The check and the append happen under one exclusive lock, so concurrent writers never duplicate a row; a
+    half-written last line left by a killed writer is quarantined first (``_repair_tail``).
     """
     path = rows_file(results_dir, row["ablation"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(row, sort_keys=True, default=str) + "\n"
-    with open(path, "a+", encoding="utf-8") as f:
+    line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+    with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             f.seek(0)
+            data = _repair_tail(f, path, f.read())
             key = row_key(row)
-            for raw in f:
+            for raw in data.splitlines():
                 try:
                     old = json.loads(raw)
-                except json.JSONDecodeError:
+                except ValueError:
                     continue
-                if row_key(old) == key and old.get("status") == "ok":
+                if isinstance(old, dict) and row_key(old) == key and old.get("status") == "ok":
                     return False
-            f.seek(0, os.SEEK_END)
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="with slurm: override cluster-file keys, e.g. --slurm time_min=30 partition=gpu")
     ap.add_argument("--wait", action="store_true", help="with slurm: block until every task has finished")
     ap.add_argument("--dry-run", action="store_true", help="list the tasks and exit")
+    ap.add_argument("--fail-fast", action="store_true", help="local: stop at the first failed task")
     ap.add_argument("-q", "--quiet", action="store_true")
     args, extra = ap.parse_known_args(argv)
     rest = list(args.rest) + extra
@@ -91,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch.submit(tasks, args.cluster, wait=args.wait, results_dir=Path(args.results),
                              overrides=args.slurm, quiet=args.quiet)
-    run_local(tasks, quiet=args.quiet)
+    code = run_local(tasks, quiet=args.quiet, fail_fast=args.fail_fast)
     from .tables import build_table
 
     print(build_table(abl.name, Path(args.results), preset=preset, write=True))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sys
 import time
 import traceback
@@ -110,30 +111,89 @@ class Task:
         return has_row(Path(self.results_dir), *self.key)
 
 
+def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, metrics: dict | None = None
+                ) -> dict[str, Any]:
+    error = str(e) if metrics is not None else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+    row = make_row(task.ablation, task.preset, task.cell, task.cfg, "failed", metrics or {}, derived, device,
+                   error=error, kind=task.kind)
+    append_row(row, Path(task.results_dir))
+    return row
+
+
+def _known_digest(task: Task) -> dict[str, Any]:
+    """What a failed row can say about its data when the data could not be loaded: the task's digest if known."""
+    try:
+        return {"index_digest": task.digest}
+    except Exception:  # noqa: BLE001 - the data is what failed; the row records the error
+        return {}
+
+
+def move_aside(path: Path) -> Path:
+    """Renames ``path`` to the first free ``<path>.corrupt-<n>`` (kept for inspection, never deleted)."""
+    n = 1
+    while path.with_name(f"{path.name}.corrupt-{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.corrupt-{n}")
+    os.replace(path, aside)
+    return aside
+
+
+def resume(trainer, ckpt: Path, move: bool = True):
+    """The trainer resumed from ``ckpt`` if it is a readable checkpoint of this run; otherwise, with a warning
+    naming the file, the checkpoint is moved aside (``move``: rank 0 only) and a fresh trainer starts at step 0.
+
+    A checkpoint cut short by a full disk, a zero-byte file or garbage would otherwise fail every later run of
+    the cell with a raw unpickling error that never names the file."""
+    from .train import Trainer
+
+    if not ckpt.is_file():
+        return trainer
+    try:
+        trainer.load(ckpt)
+    except Exception as e:  # noqa: BLE001 - whatever makes it unreadable, the cell restarts from step 0
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        aside = move_aside(ckpt) if move and ckpt.is_file() else None
+        print(f"warning: checkpoint {ckpt} cannot be resumed from ({type(e).__name__}: {why})"
+              + (f"; moved to {aside}" if aside else "") + "; the cell restarts from step 0", file=sys.stderr)
+        # a fresh trainer: a load that failed half-way may have left some of its state in this one
+        return Trainer(trainer.cfg, source=trainer.source)
+    print(f"resuming {ckpt} from step {trainer.step}", file=sys.stderr)
+    return trainer
+
+
 def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
              progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Runs one task in this process and appends its row (ok or failed). Returns the row.
 
-    Resumes from the task's checkpoint if one exists; ``should_stop`` (preemption) saves one and raises
-    ``train.Preempted``. A failure (non-finite loss, bad image, ...) writes a row marked failed and re-raises.
+    Resumes from the task's checkpoint if one exists (an unreadable one is moved aside and the cell restarts);
+    ``should_stop`` (preemption) saves one and raises ``train.Preempted``. A failure (non-finite loss, bad image,
+    missing data, ...) writes a row marked failed and re-raises.
     """
     from .train import NonFiniteLoss, Preempted, Trainer, baseline_metrics
 
     cfg = task.cfg
     if task.kind != "pic":
-        metrics, derived = baseline_metrics(cfg, task.kind.removeprefix("baseline_"))
-        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, cfg.run.device
-                       if cfg.run.device != "auto" else "cpu", kind=task.kind)
+        device = cfg.run.device if cfg.run.device != "auto" else "cpu"
+        try:
+            metrics, derived = baseline_metrics(cfg, task.kind.removeprefix("baseline_"))
+        except Exception as e:  # noqa: BLE001 - recorded before it propagates
+            _failed_row(task, _known_digest(task), device, e)
+            raise
+        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, device, kind=task.kind)
         append_row(row, Path(task.results_dir))
         return row
     from .train import reset_peak_memory, resolve_device
 
     reset_peak_memory(resolve_device(cfg.run.device))
-    trainer = Trainer(cfg)
-    derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
+    try:
+        trainer = Trainer(cfg)
+    except Exception as e:  # noqa: BLE001 - missing data and the like: recorded before it propagates
+        _failed_row(task, _known_digest(task), cfg.run.device, e)
+        raise
     ckpt = task.checkpoint
-    if ckpt.is_file():
-        trainer.load(ckpt)
+    trainer = resume(trainer, ckpt)
+    derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
+    if trainer.step:
         derived["resumed_from_step"] = trainer.step
     try:
         metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=progress)
@@ -149,14 +209,10 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         raise
     except NonFiniteLoss as e:
         trainer.save(ckpt.with_name(ckpt.stem + "-failed.pt"))
-        row = make_row(task.ablation, task.preset, task.cell, cfg, "failed",
-                       trainer.meters.summary(cfg.optim.batch_size), derived, trainer.device, error=str(e))
-        append_row(row, Path(task.results_dir))
+        _failed_row(task, derived, trainer.device, e, trainer.meters.summary(cfg.optim.batch_size))
         raise
     except Exception as e:  # noqa: BLE001 - any failure is recorded before it propagates
-        row = make_row(task.ablation, task.preset, task.cell, cfg, "failed", {}, derived, trainer.device,
-                       error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-        append_row(row, Path(task.results_dir))
+        _failed_row(task, derived, trainer.device, e)
         raise
     append_row(row, Path(task.results_dir))
     if ckpt.is_file():
@@ -164,15 +220,21 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     return row
 
 
-def run_local(tasks: list[Task], quiet: bool = False) -> list[dict[str, Any]]:
-    """Runs tasks one after another in this process, with a progress bar."""
+def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -> int:
+    """Runs tasks one after another in this process, with a progress bar. Returns the exit code: 0 when every
+    task has an ok row, 1 when some failed (each wrote its failed row; they are listed at the end).
+
+    A failed task does not stop the sweep (the healthy cells after it still run) unless ``fail_fast``.
+    """
     from tqdm import tqdm
 
-    rows = []
+    from .train import Preempted
+
     tasks = dedupe(tasks)
     todo = [t for t in tasks if not t.done()]
     if len(todo) < len(tasks):
         print(f"skipping {len(tasks) - len(todo)} task(s) whose row already exists", file=sys.stderr)
+    failed: list[tuple[Task, str]] = []
     for i, task in enumerate(todo, 1):
         bar = tqdm(total=1, desc=f"[{i}/{len(todo)}] {task.kind} {task.cell or 'default'} s{task.cfg.run.seed}",
                    disable=quiet, leave=False, file=sys.stderr, mininterval=1.0)
@@ -184,11 +246,28 @@ def run_local(tasks: list[Task], quiet: bool = False) -> list[dict[str, Any]]:
             bar.refresh() if step == steps or step % 10 == 0 else None
 
         try:
-            rows.append(run_task(task, progress=progress))
+            row = run_task(task, progress=progress)
+        except (KeyboardInterrupt, Preempted):
+            raise
+        except Exception as e:  # noqa: BLE001 - its failed row is written; the sweep goes on
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            failed.append((task, why))
+            print(f"[{i}/{len(todo)}] {task.kind} {task.cell} seed {task.cfg.run.seed}: FAILED: "
+                  f"{type(e).__name__}: {why}", file=sys.stderr)
+            if fail_fast:
+                print("stopping at the first failure (--fail-fast)", file=sys.stderr)
+                break
+            continue
         finally:
             bar.close()
-        r = rows[-1]["metrics"]
+        r = row["metrics"]
         print(f"[{i}/{len(todo)}] {task.kind} {task.cell} seed {task.cfg.run.seed}: "
               + ", ".join(f"{k} {r[k]:.2f}" for k in ("knn_top1", "linear_top1", "step_ms_median") if k in r),
               file=sys.stderr)
-    return rows
+    if failed:
+        print(f"{len(failed)} task(s) failed (each wrote a failed row; running the same command again retries "
+              f"them):", file=sys.stderr)
+        for task, why in failed:
+            print(f"  {task.name} {task.cell or 'default'}: {why}", file=sys.stderr)
+        return 1
+    return 0

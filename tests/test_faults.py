@@ -1,0 +1,141 @@
+"""Faults lose nothing: a half-written row line, a corrupt checkpoint, a failing cell in a sweep."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pic_bench.config import apply, build
+from pic_bench.results import append_row, read_rows, rows_file
+from pic_bench.run import main
+from pic_bench.tasks import Task, run_task
+
+
+def quarantine_file(path: Path) -> Path:
+    return path.with_name(path.name + ".quarantine")
+
+
+def tiny(**kw):
+    return apply(build("smoke"), {"optim.max_steps": 2, "eval.linear_epochs": 2, **kw}, "test")
+
+
+def task(tmp_path, name="faults", **kw) -> Task:
+    return Task(name, "smoke", {}, tiny(**kw), results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+
+
+def test_a_half_written_last_line_is_quarantined_before_the_next_row(tmp_path, capsys):
+    first = task(tmp_path, **{"run.seed": 1})
+    run_task(first)
+    path = rows_file(tmp_path, "faults")
+    good = path.read_bytes()
+    half = b'{"ablation": "faults", "config_hash": "abc", "metr'
+    with open(path, "ab") as f:
+        f.write(half)  # a writer killed mid-line
+    t = task(tmp_path)
+    assert not t.done()
+    run_task(t)
+    rows, problems = read_rows(tmp_path, "faults")
+    assert not problems and len(rows) == 2  # before: the row was glued onto the half line and unreadable
+    assert t.done() and first.done()
+    assert path.read_bytes().startswith(good)
+    q = [json.loads(line) for line in quarantine_file(path).read_text().splitlines()]
+    assert len(q) == 1 and q[0]["line"] == 2 and q[0]["text"] == half.decode() and q[0]["time"]
+    err = capsys.readouterr().err
+    assert "line 2 was cut off" in err and str(quarantine_file(path)) in err
+
+
+def test_a_complete_last_line_without_its_newline_is_kept(tmp_path):
+    path = rows_file(tmp_path, "faults")
+    path.parent.mkdir(parents=True)
+    row = {"ablation": "faults", "preset": "smoke", "kind": "pic", "config_hash": "x", "seed": 0, "status": "ok",
+           "metrics": {}, "config": {}}
+    path.write_text(json.dumps(row))
+    assert append_row({**row, "seed": 1}, tmp_path)
+    rows, problems = read_rows(tmp_path, "faults")
+    assert not problems and [r["seed"] for r in rows] == [0, 1]
+    assert not quarantine_file(path).exists()
+
+
+def _truncated(path: Path) -> None:
+    torch.save({"step": 3, "w": torch.randn(256, 64)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "truncated", "garbage"])
+def test_a_corrupt_checkpoint_is_named_moved_aside_and_the_cell_restarts(tmp_path, capsys, kind):
+    t = task(tmp_path)
+    ckpt = t.checkpoint
+    ckpt.parent.mkdir(parents=True)
+    if kind == "zero_bytes":
+        ckpt.write_bytes(b"")
+    elif kind == "truncated":
+        _truncated(ckpt)
+    else:
+        ckpt.write_bytes(b"\x80\x04not a checkpoint at all" * 10)
+    broken = ckpt.read_bytes()
+    row = run_task(t)  # before: a raw PytorchStreamReader / UnpicklingError / EOFError, on every later run
+    assert row["status"] == "ok" and "resumed_from_step" not in row["derived"] and t.done()
+    aside = ckpt.with_name(ckpt.name + ".corrupt-1")
+    assert aside.read_bytes() == broken
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and str(aside) in err and "restarts from step 0" in err
+    # the restarted run is the uninterrupted one
+    ref = run_task(task(tmp_path / "ref"))
+    assert row["metrics"]["final_loss"] == ref["metrics"]["final_loss"]
+
+
+def test_a_second_corrupt_checkpoint_does_not_overwrite_the_first(tmp_path):
+    t = task(tmp_path)
+    t.checkpoint.parent.mkdir(parents=True)
+    t.checkpoint.with_name(t.checkpoint.name + ".corrupt-1").write_bytes(b"first")
+    t.checkpoint.write_bytes(b"second")
+    run_task(t)
+    assert t.checkpoint.with_name(t.checkpoint.name + ".corrupt-1").read_bytes() == b"first"
+    assert t.checkpoint.with_name(t.checkpoint.name + ".corrupt-2").read_bytes() == b"second"
+
+
+SWEEP = """\
+name: sweep_faults
+overrides: {pic.softmax: plain, optim.max_steps: 3, eval.linear_epochs: 2}
+seeds: [0]
+sweep: {optim.base_lr: [1.0e+30, 0.3]}
+"""
+
+
+def _sweep(tmp_path, *flags):
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    return main([str(f), "smoke", "--results", str(tmp_path), "--checkpoints", str(tmp_path / "ck"),
+                 "--no-baselines", "-q", *flags])
+
+
+def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on_then_exits_1(tmp_path, capsys):
+    assert _sweep(tmp_path) == 1  # before: the NonFiniteLoss propagated and the 0.3 cell never ran
+    rows, _ = read_rows(tmp_path, "sweep_faults")
+    assert sorted((r["cell"]["optim.base_lr"], r["status"]) for r in rows) == [(0.3, "ok"), (1e30, "failed")]
+    err = capsys.readouterr().err
+    assert "1 task(s) failed" in err and "non-finite loss" in err.split("1 task(s) failed")[1]
+    assert (tmp_path / "tables" / "sweep_faults.md").is_file()  # the table is still rebuilt
+    # again: the ok cell is skipped, the failed one retried (and fails again)
+    assert _sweep(tmp_path) == 1
+    assert "skipping 1 task(s)" in capsys.readouterr().err
+
+
+def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, capsys):
+    assert _sweep(tmp_path, "--fail-fast") == 1
+    rows, _ = read_rows(tmp_path, "sweep_faults")
+    assert [(r["cell"]["optim.base_lr"], r["status"]) for r in rows] == [(1e30, "failed")]
+    assert "--fail-fast" in capsys.readouterr().err
+
+
+def test_a_cell_whose_data_is_missing_writes_a_failed_row_and_the_others_run(tmp_path):
+    from pic_bench.tasks import run_local
+
+    missing = task(tmp_path, **{"data.dataset": "imagefolder", "data.root": str(tmp_path / "nowhere")})
+    object.__setattr__(missing, "digest", "0" * 64)  # the digest is known (from submission); the data is gone
+    ok = task(tmp_path, **{"run.seed": 2})
+    assert run_local([missing, ok], quiet=True) == 1
+    rows, _ = read_rows(tmp_path, "faults")
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert "image folder not found" in failed["error"] and failed["data"]["digest"] == "0" * 64
