@@ -377,7 +377,7 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
             path.parent.mkdir(parents=True, exist_ok=True)
             entry = {"key": task_key(t), "name": t.name, "cell": t.cell, "job_id": j.job_id, "array_id": array_id,
                      "folder": str(Path(cc.folder) / array_id), "stdout": str(j.paths.stdout),
-                     "stderr": str(j.paths.stderr), "submitted": now}
+                     "stderr": str(j.paths.stderr), "curve": str(t.curve), "submitted": now}
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
             followed[t.name] = j

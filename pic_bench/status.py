@@ -1,13 +1,14 @@
 """Per-task state of an ablation submitted to SLURM, and its table rebuilt from the rows that have landed.
 
     python -m pic_bench.status negatives_k                      # or ablations/negatives_k.yaml
-    python -m pic_bench.status ablations/negatives_k.yaml --preset small   # also lists tasks never submitted
+    python -m pic_bench.status ablations/negatives_k.yaml small pic.K=128  # what was submitted, as given to run:
+                                                                # also lists that preset's tasks never submitted
 
 States, from the most to the least certain source: ``done`` (an ok row landed), ``running`` / ``pending``
 (squeue lists its job, with SLURM's reason), ``failed`` (a failed row, with its error, or a job that SLURM or
 sacct reports ended without a row, with its state), ``lost`` (submitted, not queued, no row, no accounting),
 ``missing`` (never submitted). Failed tasks show their log path; running the submit command again resubmits
-the failed, lost and missing ones.
+the failed, lost and missing ones. A running task shows the latest step and loss of its loss curve.
 """
 from __future__ import annotations
 
@@ -17,16 +18,28 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_ablation
+from .config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
 from .launch import ACTIVE, accounting_states, queue_states, read_manifest
 from .results import DEFAULT_RESULTS, read_rows, row_key
 
 
-def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | None = None
-                ) -> list[dict[str, Any]]:
-    """One dict per task key (from submissions, rows and ``expected``: key -> cell): key, cell, state, detail,
-    log."""
+def latest_step(curve: str | Path | None) -> str:
+    """'step N loss x' from the last complete line of a loss curve file ('' when there is none yet)."""
+    from .tasks import read_curve
+
+    lines = read_curve(Path(curve)) if curve else []
+    if not lines:
+        return ""
+    last = lines[-1]
+    return f"step {last.get('step')} loss {last.get('loss', float('nan')):.4f}"
+
+
+def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | None = None,
+                curves: dict[tuple, Path] | None = None) -> list[dict[str, Any]]:
+    """One dict per task key (from submissions, rows and ``expected``: key -> cell): key, kind, preset, seed,
+    cell, state, detail, log. ``curves`` (key -> curve file) adds a running task's latest step and loss."""
     expected = expected or {}
+    curves = curves or {}
     rows, _ = read_rows(results_dir, ablation)
     manifest = read_manifest(results_dir, ablation)
     ok = {row_key(r): r for r in rows if r["status"] == "ok"}
@@ -42,8 +55,8 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
         e = manifest.get(key, {})
         job = e.get("job_id")
         cell = (ok.get(key) or failed.get(key) or {}).get("cell", e.get("cell", expected.get(key, {})))
-        s = {"key": key, "kind": key[1], "seed": key[4], "cell": cell, "job": job, "log": e.get("stderr"),
-             "detail": ""}
+        s = {"key": key, "kind": key[1], "preset": key[2], "seed": key[4], "cell": cell, "job": job,
+             "log": e.get("stderr"), "detail": ""}
         if key in ok:
             s["state"] = "done"
             r = ok[key]
@@ -54,6 +67,8 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
             st, reason = queue[job]
             s["state"] = "running" if st in ("RUNNING", "COMPLETING") else "pending"
             s["detail"] = f"job {job} {st}" + (f" ({reason})" if reason and reason != "None" else "")
+            at = latest_step(curves.get(key) or e.get("curve"))
+            s["detail"] += f", {at}" if at else ""
         elif key in failed and (not e or failed[key].get("time", "") >= e.get("submitted", "")):
             s["state"] = "failed"
             s["detail"] = (failed[key].get("error") or "failed row").strip().splitlines()[0][:200]
@@ -71,11 +86,11 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
 
 
 def format_states(states: list[dict[str, Any]]) -> str:
-    lines = ["| kind | cell | seed | state | detail | log |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| preset | kind | cell | seed | state | detail | log |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in states:
         cell = ", ".join(f"{k}={v}" for k, v in s["cell"].items()) or "default"
         log = s["log"] if s["state"] in ("failed", "lost", "running") and s["log"] else ""
-        lines.append(f"| {s['kind']} | {cell} | {s['seed']} | {s['state']} | {s['detail']} | {log} |")
+        lines.append(f"| {s['preset']} | {s['kind']} | {cell} | {s['seed']} | {s['state']} | {s['detail']} | {log} |")
     counts = Counter(s["state"] for s in states)
     lines.append("")
     lines.append(", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "no tasks")
@@ -85,39 +100,62 @@ def format_states(states: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.status", description=__doc__.split("\n")[0])
     ap.add_argument("ablation", help="ablation file or name, e.g. negatives_k or ablations/negatives_k.yaml")
+    ap.add_argument("rest", nargs="*", help=f"as given to run: [preset: {' | '.join(PRESETS)}] [key=value ...]")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS))
-    ap.add_argument("--preset", default=None, help="with an ablation file: also list tasks never submitted")
+    ap.add_argument("--preset", default=None, help="the preset (same as giving it after the ablation)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds, as given to run")
+    ap.add_argument("--no-baselines", action="store_true", help="as given to run")
     ap.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder the run used")
     args = ap.parse_args(argv)
     results = Path(args.results)
     path = Path(args.ablation)
     if not path.is_file() and (Path("ablations") / f"{args.ablation}.yaml").is_file():
         path = Path("ablations") / f"{args.ablation}.yaml"
-    expected = None
+    rest = list(args.rest)
+    preset = args.preset
+    if rest and "=" not in rest[0]:
+        preset = rest.pop(0)
+    if rest and preset is None:
+        preset = "small"  # run's default preset, so the same command line names the same tasks
+    expected, curves = None, None
     try:
         abl = load_ablation(path) if path.is_file() else None
         name = abl.name if abl else args.ablation
-        if args.preset:
+        if preset:
+            if preset not in PRESETS:
+                raise ConfigError(f"command line: unknown preset '{preset}' (known: {list(PRESETS)})")
             if abl is None:
-                raise ConfigError(f"--preset needs an ablation file; '{args.ablation}' is not one")
+                raise ConfigError(f"a preset or overrides need an ablation file; '{args.ablation}' is not one")
             from .run import expand
 
-            expected = {t.key: t.cell
-                        for t in expand(abl.for_preset(args.preset), args.preset, {}, str(results),
-                                                 args.checkpoints)}
+            abl = abl.for_preset(preset)
+            if args.seeds:
+                import dataclasses
+
+                try:
+                    abl = dataclasses.replace(abl, seeds=[int(x) for x in args.seeds.split(",")])
+                except ValueError:
+                    raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+            tasks = expand(abl, preset, parse_cli_overrides(rest), str(results), args.checkpoints,
+                           baselines=not args.no_baselines)
+            expected = {t.key: t.cell for t in tasks}
+            curves = {t.key: t.curve for t in tasks}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    states = task_states(name, results, expected)
+    states = task_states(name, results, expected, curves)
+    if preset:
+        states = [s for s in states if s["preset"] == preset]
     if not states:
-        print(f"no submissions or rows for '{name}' under {results}", file=sys.stderr)
+        print(f"no submissions or rows for '{name}'" + (f" at preset {preset}" if preset else "")
+              + f" under {results}", file=sys.stderr)
         return 1
     print(f"# {name}: per-task state\n")
     print(format_states(states))
     print()
     from .tables import build_table
 
-    print(build_table(name, results, preset=args.preset, write=True))
+    print(build_table(name, results, preset=preset, write=True))
     return 0
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
+import json
 import os
 import sys
 import time
@@ -116,6 +118,8 @@ def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, m
     error = str(e) if metrics is not None else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
     row = make_row(task.ablation, task.preset, task.cell, task.cfg, "failed", metrics or {}, derived, device,
                    error=error, kind=task.kind)
+    if task.kind == "pic" and task.curve.is_file():
+        row["curve"] = os.path.relpath(task.curve, task.results_dir)  # the loss up to the failure
     append_row(row, Path(task.results_dir))
     return row
 
@@ -161,13 +165,72 @@ def resume(trainer, ckpt: Path, move: bool = True):
     return trainer
 
 
+class CurveWriter:
+    """A run's loss curve: every ``log_every`` steps one JSON line {"step", "loss", "lr", "wall_s"} appended to the
+    task's curve file, and (``echo``) a line "step N/M loss x" on stderr, so SLURM logs show progress.
+
+    Our interpretation: ``loss`` is the mean training loss of the steps since the previous line (a smoother
+    signal than one step's), ``lr`` the learning rate of the line's step, ``wall_s`` the training wall time so far
+    over every resumed segment. On resume, lines past the checkpoint's step are dropped (those steps run again);
+    a run from step 0 starts a fresh file.
+    """
+
+    def __init__(self, path: Path, trainer, echo: bool = True, write: bool = True):
+        self.path, self.trainer, self.echo, self.write = Path(path), trainer, echo, write
+        self.every = max(1, trainer.cfg.run.log_every)
+        self.last = trainer.step - trainer.step % self.every  # the step of the last line kept on a resume
+        self.wall0 = trainer.meters.wall_s  # wall time of earlier segments
+        self.t0 = time.perf_counter()
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if trainer.step and self.path.is_file():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        if json.loads(line)["step"] <= trainer.step:
+                            kept.append(line)
+                    except (ValueError, KeyError, TypeError):
+                        pass  # a line cut by a kill: dropped with the steps after the checkpoint
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def __call__(self, step: int, steps: int, loss: float) -> None:
+        if step % self.every and step != steps:
+            return
+        losses = self.trainer.meters.losses[self.last:step]
+        mean = sum(losses) / len(losses) if losses else loss
+        self.last = step
+        line = {"step": step, "loss": mean, "lr": float(self.trainer.lr[step - 1]),
+                "wall_s": round(self.wall0 + time.perf_counter() - self.t0, 3)}
+        if self.write:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        if self.echo:
+            print(f"step {step}/{steps} loss {mean:.4f} lr {line['lr']:.4g}", file=sys.stderr, flush=True)
+
+
+def read_curve(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a curve file (a line being written is left out)."""
+    out = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
 def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
-             progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int, float], None] | None = None, echo: bool = True) -> dict[str, Any]:
     """Runs one task in this process and appends its row (ok or failed). Returns the row.
 
     Resumes from the task's checkpoint if one exists (an unreadable one is moved aside and the cell restarts);
     ``should_stop`` (preemption) saves one and raises ``train.Preempted``. A failure (non-finite loss, bad image,
-    missing data, ...) writes a row marked failed and re-raises.
+    missing data, ...) writes a row marked failed and re-raises. The loss curve goes to ``task.curve`` (named in
+    the row as ``row["curve"]``); ``echo`` also prints its lines on stderr.
     """
     from .train import NonFiniteLoss, Preempted, Trainer, baseline_metrics
 
@@ -195,8 +258,18 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
     if trainer.step:
         derived["resumed_from_step"] = trainer.step
+    # helper C1's Trainer.train(curve=...) writes the file itself where it exists; otherwise our callback does
+    own_curve = "curve" in inspect.signature(trainer.train).parameters
+    curve = CurveWriter(task.curve, trainer, echo=echo, write=not own_curve)
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        curve(step, steps, loss)
+        if progress:
+            progress(step, steps, loss)
+
     try:
-        metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=progress)
+        kw = {"curve": task.curve} if own_curve else {}
+        metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step, **kw)
         t0 = time.perf_counter()
         metrics.update(trainer.evaluate())
         metrics["eval_wall_s"] = time.perf_counter() - t0
@@ -205,6 +278,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         metrics["peak_mem_mib"] = peak_memory_mib(trainer.device)
         metrics["peak_mem_kind"] = "cuda_max_allocated" if trainer.device.type == "cuda" else "cpu_peak_rss"
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
+        row["curve"] = os.path.relpath(task.curve, task.results_dir)
     except Preempted:
         raise
     except NonFiniteLoss as e:
@@ -246,7 +320,7 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
             bar.refresh() if step == steps or step % 10 == 0 else None
 
         try:
-            row = run_task(task, progress=progress)
+            row = run_task(task, progress=progress, echo=False)  # the bar shows step and loss
         except (KeyboardInterrupt, Preempted):
             raise
         except Exception as e:  # noqa: BLE001 - its failed row is written; the sweep goes on

@@ -97,3 +97,33 @@ def test_checkpoint_holds_every_piece_of_state(tmp_path):
     assert set(sd["rng"]) >= {"torch", "numpy", "python"}
     assert len(sd["meters"]["losses"]) == 3
     assert torch.equal(sd["w"], t.w) and torch.equal(sd["u"], t.u)
+
+
+def test_every_run_writes_its_loss_curve_named_in_the_row_and_a_resume_drops_the_steps_it_repeats(tmp_path,
+                                                                                                capsys):
+    """Every run.log_every steps one line {step, loss, lr, wall_s} to results/curves/<ablation>/...jsonl, the row
+    names the file, the lines go to stderr for SLURM logs; a resumed run's curve equals the uninterrupted one's."""
+    import json
+
+    from pic_bench.results import read_rows
+    from pic_bench.tasks import Task, run_task
+
+    cfg = build("smoke", {"run.deterministic": True, "optim.epochs": 2, "optim.max_steps": 12, "eval.linear_epochs": 2})
+    ref = Task("curves", "smoke", {}, cfg, results_dir=str(tmp_path / "ref"), checkpoint_dir=str(tmp_path / "ck0"))
+    row = run_task(ref)
+    assert row["curve"] == f"curves/curves/{ref.stem}.jsonl" and (tmp_path / "ref" / row["curve"]).is_file()
+    assert read_rows(tmp_path / "ref", "curves")[0][0]["curve"] == row["curve"]
+    lines = [json.loads(x) for x in ref.curve.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [5, 10, 12]  # smoke: run.log_every = 5, and the last step
+    assert set(lines[0]) == {"step", "loss", "lr", "wall_s"}
+    assert all(x["wall_s"] >= 0 and x["lr"] > 0 for x in lines)
+    assert "step 5/12 loss" in capsys.readouterr().err
+    t = Task("curves", "smoke", {}, cfg, results_dir=str(tmp_path / "res"), checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(Preempted):
+        run_task(t, should_stop=stop_at({8}))  # stops before step 8 with a checkpoint at step 7
+    with open(t.curve, "a") as f:
+        f.write('{"step": 7')  # and a line cut by the kill
+    row2 = run_task(t)
+    assert row2["derived"]["resumed_from_step"] == 7
+    got = [json.loads(x) for x in t.curve.read_text().splitlines()]
+    assert [(x["step"], x["loss"], x["lr"]) for x in got] == [(x["step"], x["loss"], x["lr"]) for x in lines]

@@ -187,14 +187,14 @@ def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path
             f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "job_id": f"999990_{i}",
                                 "array_id": "999990", "stderr": f"logs/999990_{i}_0_log.err",
                                 "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
-    append_row(make_row(a.ablation, a.preset, a.cell, a.cfg, "failed", {}, {}, "cpu",
+    append_row(make_row(a.ablation, a.preset, a.cell, a.cfg, "failed", {}, {"index_digest": a.digest}, "cpu",
                         error="NonFiniteLoss: non-finite loss nan at step 3\ntraceback ..."), results)
     assert status.main([str(abl_path), "--results", str(results), "--preset", "smoke"]) == 0
     out = capsys.readouterr().out
-    assert "| pic | pic.correction=False | 0 | failed | NonFiniteLoss: non-finite loss nan at step 3 | " \
+    assert "| smoke | pic | pic.correction=False | 0 | failed | NonFiniteLoss: non-finite loss nan at step 3 | " \
            "logs/999990_0_0_log.err |" in out
-    assert "| pic | pic.correction=True | 0 | lost | job 999990_1 is not queued and left no row" in out
-    assert "| baseline_random | pic.correction=True | 0 | missing | never submitted |" in out
+    assert "| smoke | pic | pic.correction=True | 0 | lost | job 999990_1 is not queued and left no row" in out
+    assert "| smoke | baseline_random | pic.correction=True | 0 | missing | never submitted |" in out
     assert "1 failed, 1 lost, 2 missing" in out
     assert status.main(["no_such_ablation", "--results", str(results)]) == 1
 
@@ -433,3 +433,43 @@ def test_two_rank_array_task_initialised_from_slurm_matches_one_process(slurm_fl
     out1 = out0.with_name(out0.name.replace("_0_log.out", "_1_log.out"))
     logs = [out.read_text() + out.with_suffix(".err").read_text() for out in (out0, out1)]
     assert "global_rank=0(2)" in logs[0] and "global_rank=1(2)" in logs[1]  # submitit's env: two ranks, one job
+
+
+def test_status_takes_the_submission_command_line_and_shows_preset_and_running_step(tmp_path, capsys,
+                                                                                    monkeypatch):
+    """The preset and key=value items after the ablation, as given to run, name the same tasks; smoke and small
+    tasks are told apart by a preset column; a running task shows the latest step and loss of its curve."""
+    abl_path = write_ablation(tmp_path)
+    results = tmp_path / "results"
+    cli = {"optim.epochs": 2}
+    (a, b) = run.expand(load_ablation(abl_path).for_preset("smoke"), "smoke", cli, str(results), baselines=False)
+    small = run.expand(load_ablation(abl_path).for_preset("small"), "small", {}, str(results), baselines=False)[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nprintf '999991_0|RUNNING|None\\n999991_1|PENDING|Priority\\n'\n")
+    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = launch.manifest_file(results, "slurm_ci")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for i, t in enumerate((a, b, small)):
+            f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "job_id": f"999991_{i}",
+                                "array_id": "999991", "stderr": f"logs/999991_{i}_0_log.err", "curve": str(t.curve),
+                                "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    a.curve.parent.mkdir(parents=True)
+    a.curve.write_text('{"step": 5, "loss": 6.5, "lr": 0.3, "wall_s": 1.0}\n'
+                       '{"step": 10, "loss": 6.25, "lr": 0.3, "wall_s": 2.0}\n{"step": 1')
+    assert status.main([str(abl_path), "smoke", "optim.epochs=2", "--results", str(results),
+                        "--no-baselines"]) == 0
+    out = capsys.readouterr().out
+    assert "| preset | kind | cell | seed | state |" in out
+    assert "| smoke | pic | pic.correction=False | 0 | running | job 999991_0 RUNNING, step 10 loss 6.2500 |" in out
+    assert "| smoke | pic | pic.correction=True | 0 | pending | job 999991_1 PENDING (Priority) |" in out
+    assert "missing" not in out and "| small |" not in out  # before: the overrides named other tasks
+    assert "2 " in out.splitlines()[-1] or "1 pending, 1 running" in out
+    # without the preset, every submitted task is listed, each with its preset
+    assert status.main([str(abl_path), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "| small | pic |" in out and "| smoke | pic |" in out
