@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, config_hash
+from .data import sources as data_sources
+from .probe import probe
 from .results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
@@ -32,9 +34,7 @@ def data_digest(cfg: Config) -> str:
     # only the synthetic source draws its images from the run seed; others are the same at every seed
     key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
     if key not in _DIGESTS:
-        from .data.sources import load_source
-
-        _DIGESTS[key] = load_source(cfg.data, cfg.run.seed).index_digest
+        _DIGESTS[key] = data_sources.load_source(cfg.data, cfg.run.seed).index_digest
     return _DIGESTS[key]
 
 
@@ -238,10 +238,17 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     if task.kind != "pic":
         device = cfg.run.device if cfg.run.device != "auto" else "cpu"
         try:
-            metrics, derived = baseline_metrics(cfg, task.kind.removeprefix("baseline_"))
+            source = data_sources.load_source(cfg.data, cfg.run.seed)
+            # with skip, the images the evaluation leaves out are counted (with error it names the first itself)
+            bad = probe(source, "skip") if cfg.data.on_bad_image == "skip" else {}
+            metrics, derived = baseline_metrics(cfg, task.kind.removeprefix("baseline_"), source)
         except Exception as e:  # noqa: BLE001 - recorded before it propagates
             _failed_row(task, _known_digest(task), device, e)
             raise
+        if bad:
+            derived["bad_images"] = bad
+            metrics["eval_skipped_images"] = sum(bad.values())
+            metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, device, kind=task.kind)
         append_row(row, Path(task.results_dir))
         return row
@@ -254,8 +261,16 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, _known_digest(task), cfg.run.device, e)
         raise
     ckpt = task.checkpoint
+    try:
+        # an unreadable image in train/ or val/ refuses the run now, not after training (data.on_bad_image=error)
+        bad = probe(trainer.source, cfg.data.on_bad_image)
+    except Exception as e:  # noqa: BLE001 - recorded before it propagates
+        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
+        raise
     trainer = resume(trainer, ckpt)
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
+    if any(bad.values()):
+        derived["bad_images"] = bad
     if trainer.step:
         derived["resumed_from_step"] = trainer.step
     # helper C1's Trainer.train(curve=...) writes the file itself where it exists; otherwise our callback does
@@ -273,6 +288,9 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         t0 = time.perf_counter()
         metrics.update(trainer.evaluate())
         metrics["eval_wall_s"] = time.perf_counter() - t0
+        if any(bad.values()):  # on_bad_image=skip: what the evaluation left out (train set and val split)
+            metrics["eval_skipped_images"] = sum(bad.values())
+            metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
         from .train import peak_memory_mib
 
         metrics["peak_mem_mib"] = peak_memory_mib(trainer.device)

@@ -139,3 +139,71 @@ def test_a_cell_whose_data_is_missing_writes_a_failed_row_and_the_others_run(tmp
     assert sorted(r["status"] for r in rows) == ["failed", "ok"]
     failed = next(r for r in rows if r["status"] == "failed")
     assert "image folder not found" in failed["error"] and failed["data"]["digest"] == "0" * 64
+
+
+def image_folder(root: Path, n_train: int = 12, n_val: int = 6) -> Path:
+    from pic_bench.data.sources import encode_jpeg, load_source
+
+    src = load_source(build("smoke").data)
+    for split, n, off in (("train", n_train, 0), ("val", n_val, 100)):
+        for i in range(n):
+            d = root / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"img{i:03d}.jpg").write_bytes(encode_jpeg(src.train.images[off + i].expand(3, -1, -1).contiguous()))
+    return root
+
+
+def folder_task(tmp_path, root, **kw) -> Task:
+    return task(tmp_path, **{"data.dataset": "imagefolder", "data.root": str(root), "data.num_instances": 0,
+                             "data.test_size": 0, "optim.batch_size": 4, "pic.K": 8, "pic.D": 8, "pic.S": 4,
+                             "eval.knn_k": 3, **kw})
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_unreadable_image_is_found_before_training(tmp_path, monkeypatch, split):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "data")
+    bad = sorted((root / split).rglob("*.jpg"))[2]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
+    from pic_bench.data.sources import BadImageError
+    from pic_bench.train import Trainer
+
+    def no_training(self, *a, **k):
+        raise AssertionError("training started before the bad image was found")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    t = folder_task(tmp_path, root)
+    with pytest.raises(BadImageError, match=bad.name) as e:  # before: val/ failed only at evaluation
+        run_task(t)
+    assert f"found in {split}/ before training" in str(e.value) and "data.on_bad_image=skip" in str(e.value)
+    rows, _ = read_rows(tmp_path, "faults")
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and bad.name in rows[0]["error"]
+
+
+def test_with_skip_unreadable_validation_images_are_counted(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "data")
+    for bad in sorted((root / "val").rglob("*.jpg"))[1:3]:
+        bad.write_bytes(b"not a jpeg")
+    row = run_task(folder_task(tmp_path, root, **{"data.on_bad_image": "skip"}))
+    assert row["status"] == "ok"
+    assert row["metrics"]["eval_skipped_images"] == 2 and row["metrics"]["skipped_images"] == 2  # before: 0
+    assert row["derived"]["bad_images"] == {"train": 0, "val": 2}
+    base = Task("faults", "smoke", {}, folder_task(tmp_path, root, **{"data.on_bad_image": "skip"}).cfg,
+                "baseline_pixels", str(tmp_path), str(tmp_path / "ck"))
+    assert run_task(base)["metrics"]["skipped_images"] == 2
+
+
+def test_the_probe_decodes_in_parallel_and_agrees_with_one_thread(tmp_path):
+    from pic_bench import probe
+    from pic_bench.data.sources import FolderSet, encode_jpeg
+
+    img = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    files = []
+    for i in range(300):
+        p = tmp_path / f"{i:03d}.jpg"
+        p.write_bytes(encode_jpeg(img) if i % 37 else b"broken")
+        files.append(str(p))
+    images = FolderSet(files, torch.zeros(300, dtype=torch.int64).numpy())
+    parallel, serial = probe.unreadable(images, workers=4), probe.unreadable(images, workers=1)
+    assert parallel == serial and [p for p, _ in serial] == [files[i] for i in range(0, 300, 37)]
