@@ -16,12 +16,19 @@ Preemption and time limits: each array task is a submitit ``Checkpointable``. SL
 worker thread, so the checkpoint is never taken mid-step), waits for it to save, and submitit requeues the job;
 the requeued job resumes from the checkpoint. A plain ``scontrol requeue`` or a partition preemption may send
 only SIGTERM: periodic checkpoints (``checkpoint_every`` steps) bound what is lost then.
+
+Only SLURM's own time-limit signal counts against ``max_requeues``: a USR2 that comes earlier than
+``time_min x 60 - signal_delay_s - SIGNAL_SLACK_S`` into the segment is a preemption (submitit alone calls every
+USR2 of a job shorter than 50 minutes a time-out); a USR2 that arrives while the first is being handled is
+ignored. An sbatch refusal is one ``error:`` line with sbatch's words; ``status`` shows why a job ended from
+its log ("timed-out too many times", the exception line).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +45,8 @@ from .config import ConfigError, apply, read_yaml_mapping
 from .tasks import Task, dedupe, resume, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
+SIGNAL_SLACK_S = 90  # SLURM may send the time-limit signal up to 60 s before signal_delay_s; a USR2 earlier than
+# (time limit - signal_delay_s - this) is a preemption (scancel --signal=USR2), not a time-out
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ClusterConfig:
-    """The cluster file (strict: unknown key or wrong type = error naming the key and file), then overrides."""
+def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                 origins: dict[str, str] | None = None) -> ClusterConfig:
+    """The cluster file (strict: unknown key or wrong type = error naming the key and file), then overrides.
+
+    ``origins``, when given, is filled with where each set key came from (the file or the command line), so a
+    later refusal of a value names the place the user wrote it."""
     cc = ClusterConfig()
     fields = {f.name: f.type for f in dataclasses.fields(ClusterConfig)}
     layers = []
@@ -113,6 +126,8 @@ def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = Non
             if key not in fields:
                 raise ConfigError(f"{where}: unknown cluster key '{key}' (known: {sorted(fields)})")
             cc = dataclasses.replace(cc, **{key: _coerce(key, value, fields[key], where)})
+            if origins is not None:
+                origins[key] = where
     for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
         if getattr(cc, key) < 1:
             raise ConfigError(f"cluster: '{key}' must be >= 1, got {getattr(cc, key)}")
@@ -157,13 +172,17 @@ def checkpoint_every(task: Task, cc: ClusterConfig) -> int:
     return task.cfg.run.checkpoint_every or cc.checkpoint_every
 
 
-def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster") -> None:
+def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster",
+             origins: dict[str, str] | None = None) -> None:
     """Refuses, before anything is submitted: a partition sinfo does not list; a time limit that leaves no
-    time to train or cannot hold one checkpoint interval (step time from ``step_s`` or the landed rows)."""
+    time to train or cannot hold one checkpoint interval (step time from ``step_s`` or the landed rows).
+    Each refusal names where its value came from (``origins``: key -> file or command line; else ``where``)."""
+    origins = origins or {}
     known = partitions()
     if cc.partition and cc.partition not in known:
-        raise ConfigError(f"{where}: partition '{cc.partition}' does not exist on this cluster "
+        raise ConfigError(f"{origins.get('partition', where)}: partition '{cc.partition}' does not exist on this cluster "
                           f"(sinfo lists: {', '.join(known) or 'none'})")
+    where = origins.get("time_min", where)
     usable = cc.time_min * 60 - cc.signal_delay_s - STARTUP_S
     if usable <= 0:
         raise ConfigError(
@@ -195,6 +214,42 @@ class ArrayTask(submitit.helpers.Checkpointable):
         self.requeue_wait_s = signal_delay_s + 60  # how long a stopped task waits to be ended by the requeue
         self._stop: threading.Event | None = None
         self._worker: threading.Thread | None = None
+        self._signalled = False  # a USR2 is being handled: checkpoint, requeue, exit
+
+    def take_over_signal(self) -> bool:
+        """Wraps submitit's USR2 handler of this job (when there is one): a second USR2 while the first is being
+        handled is ignored, and the time-out / preemption decision is ours (see ``timed_out``).
+
+        submitit calls a USR2 a time-out once the job has run min(80 %, limit - 10 min) of its time limit, which
+        for a limit under 50 minutes is from the first second: every manual ``scancel --signal=USR2`` then
+        counted against ``max_requeues``; and a USR2 arriving while the first requeue is under way ran the
+        requeue twice and failed the job for good. Returns whether a handler was wrapped."""
+        handler = signal.getsignal(signal.SIGUSR2)
+        owner = getattr(handler, "__self__", None)
+        if owner is None or not hasattr(owner, "has_timed_out") or getattr(handler, "__name__", "") == "once":
+            return False
+        limit_s = int(getattr(owner._delayed, "_timeout_min", 0)) * 60
+        start = getattr(owner, "_start_time", time.time())
+
+        def has_timed_out() -> bool:
+            ran = time.time() - start
+            out = timed_out(ran, limit_s, self.signal_delay_s)
+            print(f"USR2 after {ran:.0f} s of a {limit_s} s time limit: "
+                  + ("the time limit (counts against max_requeues)" if out else
+                     "a preemption (does not count against max_requeues)"), file=sys.stderr, flush=True)
+            return out
+
+        owner.has_timed_out = has_timed_out
+
+        def once(signum, frame):
+            if self._signalled:
+                print("USR2 again while stopping for a requeue: ignored", file=sys.stderr, flush=True)
+                return
+            self._signalled = True
+            handler(signum, frame)
+
+        signal.signal(signal.SIGUSR2, once)
+        return True
 
     def __getstate__(self) -> dict:
         return {"signal_delay_s": self.signal_delay_s}
@@ -206,6 +261,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
         from . import distributed
         from .train import Preempted
 
+        if threading.current_thread() is threading.main_thread():
+            self.take_over_signal()
         ctx = distributed.init_from_env(task.cfg.run.device)
         try:
             # a requeue that raced the row, or a resubmission; decided by rank 0 for all ranks (collective)
@@ -249,6 +306,12 @@ class ArrayTask(submitit.helpers.Checkpointable):
             # bounded: if the task is evaluating, it resumes from its last checkpoint (or skips if its row lands)
             self._worker.join(timeout=max(5, self.signal_delay_s - 15))
         return DelayedSubmission(ArrayTask(self.signal_delay_s), task)
+
+
+def timed_out(ran_s: float, limit_s: float, signal_delay_s: float) -> bool:
+    """Whether a USR2 after ``ran_s`` seconds of a ``limit_s`` job is SLURM's time-limit signal (sent
+    ``signal_delay_s`` before the limit, up to a minute early) rather than a preemption."""
+    return limit_s > 0 and ran_s >= limit_s - signal_delay_s - SIGNAL_SLACK_S
 
 
 def follow(task: Task, should_stop) -> None:
@@ -328,8 +391,9 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
     try:
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)
-        cc = load_cluster(cluster_path, overrides)
-        validate(cc, tasks, results_dir, where=str(cluster_path or "cluster"))
+        origins: dict[str, str] = {}
+        cc = load_cluster(cluster_path, overrides, origins)
+        validate(cc, tasks, results_dir, where=str(cluster_path or "cluster"), origins=origins)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -369,7 +433,15 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
         if cc.gpus_per_node:
             params["gpus_per_node"] = cc.gpus_per_node
         ex.update_parameters(**params)
-        jobs = ex.map_array(ArrayTask(cc.signal_delay_s), todo)
+        try:
+            jobs = ex.map_array(ArrayTask(cc.signal_delay_s), todo)
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
+            # sbatch's own words (memory beyond any node, an unknown flag, ...), one line; nothing was queued
+            said = "; ".join(line.strip().removeprefix("sbatch: error: ").strip()
+                             for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+            print(f"error: sbatch refused the job array ({len(todo)} task(s); settings from "
+                  f"{cluster_path or 'the defaults'} and --slurm): {said}", file=sys.stderr)
+            return 2
         array_id = jobs[0].job_id.split("_")[0]
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for t, j in zip(todo, jobs):

@@ -13,6 +13,7 @@ the failed, lost and missing ones. A running task shows the latest step and loss
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,26 @@ from typing import Any
 from .config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
 from .launch import ACTIVE, accounting_states, queue_states, read_manifest
 from .results import DEFAULT_RESULTS, read_rows, row_key
+
+
+_NOT_REQUEUED = re.compile(r"Job not requeued because: (.+?)\.?\s*$", re.M)
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)|error)\b:?.*$", re.M)
+
+
+def log_reason(*logs: str | Path | None) -> str:
+    """Why a job ended, in its log's words: submitit's "Job not requeued because: ..." (e.g. timed-out too many
+    times), else the last exception or ``error:`` line; '' when the logs are missing or say nothing."""
+    text = ""
+    for log in logs:
+        try:
+            text += Path(log).read_text(errors="replace") + "\n" if log else ""
+        except OSError:
+            pass
+    found = _NOT_REQUEUED.findall(text)
+    if found:
+        return found[-1].strip()
+    found = _EXCEPTION.findall(text)
+    return found[-1].strip()[:200] if found else ""
 
 
 def latest_step(curve: str | Path | None) -> str:
@@ -74,10 +95,14 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
             s["detail"] = (failed[key].get("error") or "failed row").strip().splitlines()[0][:200]
         elif job and job in acct and acct[job][0] not in ACTIVE:
             s["state"] = "failed"
-            s["detail"] = f"job {job} ended {acct[job][0]} (exit {acct[job][1]}) without a row"
+            why = log_reason(e.get("stderr"), e.get("stdout"))
+            s["detail"] = f"job {job} ended {acct[job][0]} (exit {acct[job][1]})" + (
+                f": {why}" if why else " without a row")
         elif job:
             s["state"] = "lost"
-            s["detail"] = f"job {job} is not queued and left no row (no accounting record)"
+            why = log_reason(e.get("stderr"), e.get("stdout"))
+            s["detail"] = f"job {job} is not queued and left no row" + (
+                f"; its log says: {why}" if why else " (no accounting record)")
         else:
             s["state"] = "missing"
             s["detail"] = "never submitted"

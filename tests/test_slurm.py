@@ -473,3 +473,193 @@ def test_status_takes_the_submission_command_line_and_shows_preset_and_running_s
     assert status.main([str(abl_path), "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "| small | pic |" in out and "| smoke | pic |" in out
+
+
+# ---- SLURM faults: refusals that name their source, USR2 handling, why a task ended
+
+def test_a_partition_given_on_the_command_line_is_blamed_on_the_command_line(tmp_path, fake_slurm, capsys):
+    code, err = submit_with(tmp_path, "partition: debug\n", "partition=gpu2", capsys=capsys)
+    assert code == 2 and "error: command line (--slurm): partition 'gpu2' does not exist" in err  # was: cluster.yaml
+    code, err = submit_with(tmp_path, "partition: nosuch\n", capsys=capsys)
+    assert code == 2 and "cluster.yaml: partition 'nosuch'" in err
+    code, err = submit_with(tmp_path, "time_min: 5\n", "time_min=1", capsys=capsys)
+    assert code == 2 and "command line (--slurm): time_min=1 is too short" in err
+
+
+def test_an_sbatch_refusal_is_one_error_line_with_sbatchs_words(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\nprintf 'debug*\\n'\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Memory specification can not be satisfied' >&2\n"
+                                    "echo 'sbatch: error: Batch job submission failed: Requested node configuration "
+                                    "is not available' >&2\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    code, err = submit_with(tmp_path, "partition: debug\n", "mem_gb=100000", f"folder={tmp_path / 'logs'}",
+                            capsys=capsys)  # before: a submitit FailedJobError traceback
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "sbatch refused" in lines[0] and "Memory specification can not be satisfied" in lines[0]
+    assert "Requested node configuration is not available" in lines[0]
+    assert not launch.manifest_file(tmp_path / "results", "slurm_ci").exists()  # nothing recorded as submitted
+
+
+@pytest.fixture
+def usr2_handler(tmp_path):
+    """submitit's own SIGUSR2 handler for a job with time_min=10 and max_requeues=0, on a fake environment that
+    records requeues instead of calling scontrol; restores the process's handler afterwards."""
+    import signal
+
+    from submitit.core import job_environment, utils
+
+    previous = signal.getsignal(signal.SIGUSR2)
+    made = []
+
+    def make(ran_s: float, max_requeues: int = 0):
+        cfg_task = run.expand(load_ablation(write_ablation(tmp_path)), "smoke", {}, str(tmp_path / "results"),
+                              baselines=False)[0]
+        job = launch.ArrayTask(signal_delay_s=30)
+        delayed = utils.DelayedSubmission(job, cfg_task)
+        delayed.set_timeout(10, max_requeues)
+        requeues, exits = [], []
+        env = type("Env", (), {"global_rank": 0, "_requeue": lambda self, c: requeues.append(c)})()
+        handler = job_environment.SignalHandler(env, utils.JobPaths(tmp_path / "logs", job_id="5"), delayed)
+        handler._start_time = time.time() - ran_s
+        handler._exit = lambda: exits.append(1)
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+        made.append(job)
+        return job, requeues, exits
+
+    yield make
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_manual_usr2_is_a_preemption_and_a_second_one_during_the_requeue_is_ignored(usr2_handler, capsys):
+    import signal
+
+    job, requeues, exits = usr2_handler(ran_s=60)  # one minute into a 10-minute job: scancel --signal=USR2
+    assert job.take_over_signal()
+    handle = signal.getsignal(signal.SIGUSR2)
+    handle(signal.SIGUSR2, None)  # before: "timed-out" (submitit: from second 0 when time_min < 50), not requeued
+    assert requeues == [0] and exits == [1]  # requeued, max_requeues (0) untouched
+    handle(signal.SIGUSR2, None)  # arrives while stopping / requeueing
+    assert requeues == [0] and exits == [1]
+    err = capsys.readouterr().err
+    assert "a preemption (does not count against max_requeues)" in err and "USR2 again while stopping" in err
+
+
+def test_the_time_limit_signal_still_counts_against_max_requeues(usr2_handler, capsys):
+    import signal
+
+    from submitit.core.utils import UncompletedJobError
+
+    job, requeues, _ = usr2_handler(ran_s=600 - 30 - 20)  # SLURM's USR2, signal_delay_s before the limit
+    assert job.take_over_signal()
+    with pytest.raises(UncompletedJobError, match="timed-out too many times"):
+        signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)
+    assert requeues == [] and "the time limit (counts against max_requeues)" in capsys.readouterr().err
+    assert launch.timed_out(500, 600, 30) and not launch.timed_out(470, 600, 30)
+
+
+def test_status_shows_why_a_job_ended_as_its_log_says(tmp_path, monkeypatch, capsys):
+    abl_path = write_ablation(tmp_path)
+    results = tmp_path / "results"
+    a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sacct").write_text("#!/bin/sh\nprintf '999992_0|FAILED|1:0\\n999992_1|FAILED|1:0\\n'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "0.err").write_text(
+        "submitit WARNING (2026-12-01 10:00:00,000) - Caught signal SIGUSR2 on node1: this job is timed-out.\n"
+        "submitit INFO (2026-12-01 10:00:01,000) - Job not requeued because: timed-out too many times.\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.\n")
+    (logs / "1.err").write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                "MemoryError: cannot allocate 12 GiB\n")
+    path = launch.manifest_file(results, "slurm_ci")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for i, t in enumerate((a, b)):
+            f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "job_id": f"999992_{i}",
+                                "array_id": "999992", "stderr": str(logs / f"{i}.err"),
+                                "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    states = {s["key"]: s for s in status.task_states("slurm_ci", results)}
+    assert states[a.key]["detail"] == "job 999992_0 ended FAILED (exit 1:0): timed-out too many times"  # was:
+    assert states[b.key]["detail"] == "job 999992_1 ended FAILED (exit 1:0): MemoryError: cannot allocate 12 GiB"
+
+
+def require_cluster() -> str:
+    if not cluster_reachable():
+        if os.environ.get("PIC_REQUIRE_SLURM") == "1":
+            pytest.fail("PIC_REQUIRE_SLURM=1 but no SLURM cluster is reachable (sinfo failed)")
+        pytest.skip("no SLURM cluster reachable (sinfo failed); start one: sudo bash slurm/local_cluster/up.sh")
+    return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("flag, words", [("mem_gb=100000", "memory"), ("extra_sbatch={nosuchflag: 1}", "nosuchflag")],
+                         ids=["memory-beyond-the-node", "bad-extra-flag"])
+def test_the_real_sbatch_refusal_is_one_error_line(tmp_path, flag, words):
+    partition = require_cluster()
+    argv = [str(write_ablation(tmp_path)), "smoke", "--executor", "slurm", "--results", str(tmp_path / "results"),
+            "--no-baselines", "--slurm", f"partition={partition}", "time_min=10", f"folder={tmp_path / 'logs'}", flag]
+    proc = subprocess.run([sys.executable, "-m", "pic_bench.run", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "sbatch refused" in errors[0] and words in errors[0].lower(), errors[0]
+
+
+USR2_ABLATION = """\
+name: slurm_usr2
+overrides: {run.deterministic: true, optim.epochs: 40}
+seeds: [0]
+"""
+
+
+@pytest.mark.slurm
+def test_manual_usr2_twice_requeues_once_without_using_up_max_requeues(tmp_path):
+    """max_requeues=0: a preemption must not count as a time-out (before: 'timed-out too many times', no row),
+    and a second USR2 right after the first must not kill the requeue."""
+    partition = require_cluster()
+    abl_path = tmp_path / "slurm_usr2.yaml"
+    abl_path.write_text(USR2_ABLATION)
+    results, ck = tmp_path / "results", tmp_path / "ck"
+    argv = [str(abl_path), "smoke", "--executor", "slurm", "--no-baselines", "--results", str(results),
+            "--checkpoints", str(ck), "--slurm", f"partition={partition}", "time_min=10", "signal_delay_s=30",
+            "mem_gb=1", "checkpoint_every=10", "max_requeues=0", f"folder={tmp_path / 'logs'}"]
+    proc = subprocess.run([sys.executable, "-m", "pic_bench.run", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (task,) = run.expand(load_ablation(abl_path), "smoke", {}, str(results), str(ck), baselines=False)
+    entry = launch.read_manifest(results, "slurm_usr2")[task.key]
+    try:
+        wait_until(task.checkpoint.is_file, 150, "the first periodic checkpoint")
+        for _ in range(2):
+            try:
+                subprocess.run(["scancel", "--signal=USR2", entry["job_id"]], timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.3)
+
+        def landed():
+            rows, _ = read_rows(results, "slurm_usr2")
+            return [r for r in rows if r["status"] == "ok"] or (
+                status.task_states("slurm_usr2", results)[0]["state"] == "failed" and ["failed"])
+        got = wait_until(landed, 300, "the requeued task's row", poll_s=2)
+        log = Path(entry["stderr"]).read_text()
+        assert got != ["failed"], status.task_states("slurm_usr2", results)[0]["detail"] + "\n" + log[-3000:]
+        assert got[0]["derived"].get("resumed_from_step", 0) > 0
+        assert "a preemption (does not count against max_requeues)" in log
+    finally:
+        subprocess.run(["scancel", entry["job_id"]], capture_output=True, timeout=30)
