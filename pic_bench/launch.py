@@ -42,6 +42,7 @@ import submitit
 import yaml
 
 from .config import ConfigError, apply, read_yaml_mapping
+from .data.sources import DatasetError
 from .tasks import Task, dedupe, resume, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
@@ -387,7 +388,11 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
     Returns 0 (with ``wait``: 0 when every task landed an ok row, 1 otherwise); 2 for bad cluster settings.
     """
     results_dir = Path(results_dir)
-    tasks = dedupe(tasks)  # one array task per key: duplicates would share a checkpoint and race for one row
+    try:
+        tasks = dedupe(tasks)  # one array task per key: duplicates would share a checkpoint and race for one row
+    except DatasetError as e:  # a task's identity needs its data's index, read here before submitting
+        print(f"error: {e} (the data must be readable where the job array is submitted)", file=sys.stderr)
+        return 2
     try:
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)

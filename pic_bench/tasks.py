@@ -314,7 +314,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
 
 def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -> int:
     """Runs tasks one after another in this process, with a progress bar. Returns the exit code: 0 when every
-    task has an ok row, 1 when some failed (each wrote its failed row; they are listed at the end).
+    task has an ok row, 1 when some failed (each wrote its failed row; they are listed at the end), 2 when the
+    data that identifies the tasks cannot be read (one ``error:`` line, before any work).
 
     A failed task does not stop the sweep (the healthy cells after it still run) unless ``fail_fast``.
     """
@@ -322,8 +323,12 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
 
     from .train import Preempted
 
-    tasks = dedupe(tasks)
-    todo = [t for t in tasks if not t.done()]
+    try:
+        tasks = dedupe(tasks)
+        todo = [t for t in tasks if not t.done()]
+    except data_sources.DatasetError as e:  # the data cannot be read: no task can run; nothing is written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if len(todo) < len(tasks):
         print(f"skipping {len(tasks) - len(todo)} task(s) whose row already exists", file=sys.stderr)
     failed: list[tuple[Task, str]] = []

@@ -207,3 +207,15 @@ def test_the_probe_decodes_in_parallel_and_agrees_with_one_thread(tmp_path):
     images = FolderSet(files, torch.zeros(300, dtype=torch.int64).numpy())
     parallel, serial = probe.unreadable(images, workers=4), probe.unreadable(images, workers=1)
     assert parallel == serial and [p for p, _ in serial] == [files[i] for i in range(0, 300, 37)]
+
+
+def test_data_that_cannot_be_read_is_one_error_line_before_any_work(tmp_path, capsys):
+    f = tmp_path / "nodata.yaml"
+    f.write_text("name: nodata\nseeds: [0]\n")
+    code = main([str(f), "smoke", "--results", str(tmp_path), "-q", "data.dataset=imagefolder",
+                 f"data.root={tmp_path / 'nowhere'}"])  # before: a DatasetError traceback out of the first task
+    assert code == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        line for line in err.splitlines() if "image folder not found" in line and str(tmp_path / "nowhere") in line]
+    assert not (tmp_path / "rows").exists()

@@ -663,3 +663,12 @@ def test_manual_usr2_twice_requeues_once_without_using_up_max_requeues(tmp_path)
         assert "a preemption (does not count against max_requeues)" in log
     finally:
         subprocess.run(["scancel", entry["job_id"]], capture_output=True, timeout=30)
+
+
+def test_data_that_cannot_be_read_at_submission_is_one_error_line(tmp_path, fake_slurm, capsys):
+    abl = write_ablation(tmp_path)
+    code = run.main([str(abl), "smoke", "--executor", "slurm", "--results", str(tmp_path / "results"),
+                     "data.dataset=imagefolder", f"data.root={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: image folder not found" in err and "Traceback" not in err
+    assert not fake_slurm.exists()
