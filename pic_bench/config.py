@@ -282,6 +282,8 @@ class StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                continue  # the base constructor refuses an unhashable key with its own message
             if key in seen:
                 raise ConfigError(f"duplicate key '{key}' at line {line} (first at line {seen[key]})")
             seen[key] = line
@@ -399,7 +401,7 @@ class Ablation:
             return f"{self.path} (overrides)"
         if key in PRESETS.get(preset, {}):
             return f"preset '{preset}'"
-        return "default"
+        return "the defaults (pic_bench/config.py)"
 
     def resolve(self, preset: str, cli: dict[str, Any] | None = None, check: bool = True
                 ) -> list[tuple[dict[str, Any], Config]]:
@@ -449,14 +451,18 @@ class Ablation:
         return dataclasses.replace(self, sweep={}, cells=cells, cli_keys=self.cli_keys | set(flatten(cli))), rest
 
     def merged(self, preset: str, cli: dict[str, Any]) -> tuple["Ablation", list[str]]:
-        """This ablation with cells that resolve to one config (same hash) kept once, and a warning for each."""
+        """This ablation with cells that resolve to one config kept once, and a warning for each.
+
+        The whole resolved config is compared (not the hash, which leaves out settings such as data.root and
+        run.threads that a sweep may still vary on purpose)."""
         kept: dict[str, dict[str, Any]] = {}
         warnings = []
         for cell, cfg in self.resolve(preset, cli, check=False):
-            h = config_hash(cfg)
+            h = json.dumps(to_dict(cfg), sort_keys=True)
             if h in kept:
                 warnings.append(f"cells '{cell_label(kept[h])}' and '{cell_label(cell)}' resolve to the same config "
-                                f"({h}) at preset '{preset}': running it once, as '{cell_label(kept[h])}'")
+                                f"({config_hash(cfg)}) at preset '{preset}': running it once, as "
+                                f"'{cell_label(kept[h])}'")
                 continue
             kept[h] = cell
         if not warnings:
@@ -636,9 +642,9 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
     if p.D <= 0 or p.S <= 0 or p.S > p.D:
         raise ConfigError(f"{src('pic.S')}: need 0 < pic.S <= pic.D, got D={p.D}, S={p.S}")
     if 0 < p.K < o.batch_size:
-        at = f"of preset '{preset}'" if preset else "of this config"
-        raise ConfigError(f"{src('pic.K')}: pic.K={p.K} is smaller than the batch (optim.batch_size="
-                          f"{o.batch_size} {at}, from {src('optim.batch_size')}); recent negatives always include "
+        at = f"at preset '{preset}'" if preset else "of this config"
+        raise ConfigError(f"{src('pic.K')}: pic.K={p.K} is smaller than the batch {at} (optim.batch_size="
+                          f"{o.batch_size}, from {src('optim.batch_size')}); recent negatives always include "
                           "the current batch")
     if cfg.model.pool < 1:
         refuse("model.pool", "must be >= 1 (1 = global average pool)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ from typing import Any, Callable
 
 from . import compare
 from .config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds)
+                     parse_cli_overrides, parse_seeds, to_dict)
 from .results import DEFAULT_RESULTS, append_row, has_row, make_row, rows_file
 
 
@@ -209,7 +210,7 @@ def same_run_warnings(cells: list[tuple[dict[str, Any], Config]]) -> list[str]:
         if N is None or cfg.pic.K == 0:
             continue
         samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
-        key = config_hash(apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run"))
+        key = json.dumps(to_dict(apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run")), sort_keys=True)
         groups.setdefault(key, []).append(f"'{cell_label(cell)}'")
         at[key] = N
     out = []
@@ -250,8 +251,8 @@ def check_data(cfg: Config, src: Callable[[str], str]) -> None:
     if d.dataset == "imagefolder":
         layout = "an ImageNet-style folder with train/<class>/<image> and val/<class>/<image>"
         if not d.root:
-            raise ConfigError(f"{src('data.root')}: data.root is not set, but data.dataset=imagefolder (from "
-                              f"{src('data.dataset')}) needs data.root=<folder>, {layout}")
+            raise ConfigError(f"{src('data.dataset')}: data.dataset=imagefolder needs data.root=<folder>, {layout}; "
+                              "data.root is not set (give it on the command line: data.root=/path/to/folder)")
         root = Path(d.root)
         if not root.is_dir():
             raise ConfigError(f"{src('data.root')}: data.root={d.root}: image folder not found (need {layout})")
@@ -357,10 +358,11 @@ def main(argv: list[str] | None = None) -> int:
             results = Path(args.results)
             listing = [(name, cell, has_row(results, abl.name, kind, preset, config_hash(cfg), cfg.run.seed))
                        for name, cell, kind, cfg in analysis_points(abl, preset, cli)] if args.dry_run else []
-        if args.dry_run and executor == "slurm":
-            from . import launch
+        if args.dry_run and executor == "slurm" and abl.kind == "train":
+            from . import launch  # the cluster settings too, as submission would check them (sinfo, time limit)
 
-            launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items))
+            launch.validate(launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items)), tasks,
+                            Path(args.results), where=args.cluster)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -240,3 +240,22 @@ def test_committed_rows_compare_with_themselves():
     lines = compare.compare_rows(rows, rows)
     assert lines and all(abs(c.knn[0] - c.knn[1]) < 1e-9 for c in lines)
     json.dumps([c.__dict__ for c in lines])
+
+
+def test_cells_that_differ_only_outside_the_hash_are_not_merged(capsys, tmp_path):
+    """data.root and run.threads are left out of the config hash, but a sweep over them is two runs."""
+    f = write(tmp_path, "name: thr\ncells: [{run.threads: 1}, {run.threads: 2}]\nseeds: [0]\n")
+    rc, out, err = main(capsys, f, "smoke", "--dry-run", "--no-baselines")
+    assert rc == 0, err
+    assert [c for c, _ in listed(out)] == [{"run.threads": 1}, {"run.threads": 2}] and "same config" not in err
+
+
+def test_a_slurm_dry_run_checks_the_cluster_settings_too(capsys, tmp_path):
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("time_min: 30\n")
+    for item, must in (("time_limit=30", "unknown cluster key 'time_limit'"),
+                       ("partition=no_such_partition", "partition 'no_such_partition' does not exist")):
+        rc, out, err = main(capsys, NEG_K, "smoke", "--executor", "slurm", "--cluster", cluster, "--slurm", item,
+                            "--dry-run")
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert rc == 2 and len(errors) == 1 and must in errors[0], err

@@ -93,7 +93,7 @@ def test_a_bad_value_in_the_file_names_the_file(capsys, tmp_path):
     refused(capsys, f, "smoke", "--dry-run", must=("eval.knn_k", "abl.yaml"))
 
 
-def test_validate_names_the_preset_when_the_preset_set_the_value():
+def test_validate_alone_names_key_and_value():
     cfg = build("smoke", {"model.dim": 0})
     with pytest.raises(ConfigError, match="model.dim=0"):
         validate(cfg)
@@ -144,7 +144,8 @@ def test_batched_loader_with_an_image_folder_names_both(capsys, tmp_path):
 
 
 def test_paper_preset_without_data_root_is_refused_before_anything(capsys, tmp_path):
-    refused(capsys, NEG_K, "paper", "--seeds", "0", "--results", tmp_path, "-q", must=("data.root",))
+    refused(capsys, NEG_K, "paper", "--seeds", "0", "--results", tmp_path, "-q",
+            must=("preset 'paper'", "data.dataset=imagefolder", "data.root"))
     assert not (tmp_path / "rows").exists()
 
 
@@ -184,7 +185,7 @@ def test_k_is_checked_against_the_batch_of_the_preset_being_run_only(capsys, tmp
     rc, out, err = main(capsys, f, "smoke", "--dry-run")
     assert rc == 0, err
     refused(capsys, f, "paper", "data.root=/tmp", "--dry-run",
-            must=("pic.K=64", "optim.batch_size=256", "preset 'paper'"))
+            must=("pic.K=64", "optim.batch_size=256", "at preset 'paper'"))
 
 
 def test_typos_still_fail_at_load_time_for_every_preset(capsys, tmp_path):
