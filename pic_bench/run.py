@@ -275,8 +275,13 @@ def analysis_points(abl: Ablation, preset: str, cli: dict[str, Any]):
     """(name, cell, kind, config) of every point an analysis ablation measures, without measuring it."""
     from . import analysis
 
-    # The same dispatch as analysis.run (by the file's name); an unknown name is refused there.
-    measure = analysis.visit_cell if abl.name.startswith("visit_distance") else analysis.scaling_cells
+    # The same dispatch as analysis.run, by the file's name.
+    if abl.name.startswith("visit_distance"):
+        measure = analysis.visit_cell
+    elif abl.name.startswith("scaling"):
+        measure = analysis.scaling_cells
+    else:
+        raise ConfigError(f"{abl.path}: no analysis is named '{abl.name}' (visit_distance* | scaling*)")
     for seed in abl.seeds:
         for cell, cfg in abl.resolve(preset, cli):
             cfg = apply(cfg, {"run.seed": seed}, "seeds")
