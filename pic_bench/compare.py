@@ -4,8 +4,8 @@
 
 A cell of ours is matched with committed rows by config hash + preset + kind, and by the data digest
 (``row["data"]["digest"]``, else ``row["derived"]["index_digest"]``) when both rows record one: the same
-experiment on the same images. Means are over each side's own seeds (the counts are shown), so a run with
-fewer seeds than the committed one still compares. Only rows with status ok count.
+experiment on the same images. The committed mean is over our seeds where it has them (else over its own; the
+counts are shown), so a one-seed run compares with that seed. Only rows with status ok count.
 """
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def compare_rows(ours: list[dict[str, Any]], committed: list[dict[str, Any]]) ->
                   and (dig is None or digest(r) is None or digest(r) == dig)]
         if not theirs:
             continue
+        seeds = {r["seed"] for r in mine}
+        if any(r["seed"] in seeds for r in theirs):  # the same seeds where the committed rows have them
+            theirs = [r for r in theirs if r["seed"] in seeds]
         means = {name: (_mean(mine, m), _mean(theirs, m)) for name, m in METRICS}
         out.append(CellComparison(mine[0].get("cell") or {}, kind, preset, chash, len(mine), len(theirs),
                                   means["knn"], means["linear"]))

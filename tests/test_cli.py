@@ -259,3 +259,11 @@ def test_a_slurm_dry_run_checks_the_cluster_settings_too(capsys, tmp_path):
                             "--dry-run")
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert rc == 2 and len(errors) == 1 and must in errors[0], err
+
+
+def test_compare_uses_the_committed_rows_of_our_seeds_where_it_has_them():
+    theirs = [row("pic", "h1", s, 80.0 + s, 85.0) for s in (0, 1, 2)]
+    (c,) = compare.compare_rows([row("pic", "h1", 1, 81.0, 85.0)], theirs)
+    assert c.n_committed == 1 and c.knn == pytest.approx((81.0, 81.0))
+    (c,) = compare.compare_rows([row("pic", "h1", 7, 81.0, 85.0)], theirs)
+    assert c.n_committed == 3 and c.knn == pytest.approx((81.0, 81.0))
