@@ -28,10 +28,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -170,6 +172,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Numbers as a researcher types them. YAML 1.1 reads `1e6` and `3e-4` (no dot) as strings, and `nan` / `inf`
+# without YAML's leading dot too; float keys take them (and ``StrictLoader`` reads the exponent forms as floats).
+FLOAT_TEXT = re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*)?\.?[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+\.|nan|inf|infinity)$",
+                        re.IGNORECASE)
+
+
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -181,6 +189,8 @@ def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
     elif typ is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif typ is float:
+        if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):
+            value = float(value)  # 1e6, 3E-4, nan, inf as typed; the range checks refuse the non-finite ones
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif typ is str:
@@ -263,15 +273,66 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently) and
+    reading `1e6` / `3e-4` as floats (YAML 1.2; 1.1 needs a dot)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                continue  # the base constructor refuses an unhashable key with its own message
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' at line {line} (first at line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
-    """['pic.K=1024', 'pic.correction=false'] -> {'pic.K': 1024, 'pic.correction': False} (YAML scalars)."""
+    """['pic.K=1024', 'pic.correction=false'] -> {'pic.K': 1024, 'pic.correction': False} (YAML scalars).
+
+    A value is kept as YAML reads it; 'pic.K=128,512' (Hydra's multirun spelling) stays the string '128,512'
+    here and becomes two cells in ``Ablation.narrowed``."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"command line: '{item}' is not key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            out[key.strip()] = load_yaml(raw) if raw != "" else ""
+        except (yaml.YAMLError, ConfigError) as e:
+            reason = " ".join(str(e).split())
+            raise ConfigError(f"command line: {key.strip()}={raw}: not a valid YAML value ({reason})") from None
     return out
+
+
+def cell_label(cell: dict[str, Any]) -> str:
+    """'pic.K=512, pic.correction=True', or 'default' for the empty cell (the tables' label)."""
+    return ", ".join(f"{k}={v}" for k, v in cell.items()) if cell else "default"
+
+
+def _dedupe(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for c in cells:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 @dataclass(frozen=True)
@@ -288,6 +349,7 @@ class Ablation:
     seeds: list[int]
     kind: str = "train"  # train | analysis (no training: visit_distance, scaling)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-preset sweep / cells / default_cell / seeds
+    cli_keys: frozenset = frozenset()  # keys the command line set (also those that became cells): named in refusals
 
     def for_preset(self, preset: str) -> "Ablation":
         """This ablation with the preset's own sweep, cells, default cell and seeds where the file gives them."""
@@ -326,39 +388,177 @@ class Ablation:
                 out.append(cell)
         return out
 
-    def resolve(self, preset: str, cli: dict[str, Any] | None = None) -> list[tuple[dict[str, Any], Config]]:
-        """(cell overrides, full config) for every cell, seed not yet applied."""
+    def source(self, key: str, preset: str, cell: dict[str, Any], cli: dict[str, Any] | None = None) -> str:
+        """Where the value of ``key`` came from: the command line, this file (cell, preset block, overrides),
+        the preset or the defaults; refusals name it."""
+        if (cli and key in cli) or key in self.cli_keys:
+            return "command line"
+        if key in cell:
+            return f"{self.path} (cell '{cell_label(cell)}')"
+        if key in self.presets.get(preset, {}):
+            return f"{self.path} (presets.{preset})"
+        if key in self.overrides:
+            return f"{self.path} (overrides)"
+        if key in PRESETS.get(preset, {}):
+            return f"preset '{preset}'"
+        return "the defaults (pic_bench/config.py)"
+
+    def resolve(self, preset: str, cli: dict[str, Any] | None = None, check: bool = True
+                ) -> list[tuple[dict[str, Any], Config]]:
+        """(cell overrides, full config) for every cell, seed not yet applied.
+
+        Keys and types are always checked; ``check`` also runs ``validate`` (ranges and cross-field checks) for
+        this preset, naming where each refused value came from."""
         base = build(preset, self.overrides, self.presets.get(preset, {}), where=self.path)
         out = []
         for cell in self.cell_overrides():
-            cfg = apply(base, cell, where=f"{self.path} (cell {cell})")
+            cfg = apply(base, cell, where=f"{self.path} (cell '{cell_label(cell)}')")
             if cli:
                 cfg = apply(cfg, cli, where="command line")
-            validate(cfg, where=f"{self.path} (cell {cell})")
+            if check:
+                validate(cfg, where=lambda key, cell=cell: self.source(key, preset, cell, cli), preset=preset)
             out.append((cell, cfg))
         return out
+
+    def narrowed(self, preset: str, cli: dict[str, Any]) -> tuple["Ablation", dict[str, Any]]:
+        """This ablation with the command line's values of swept keys as its cells, and the rest of the line.
+
+        A swept key (one that some cell sets) given on the command line keeps the cells whose value of it is one
+        of the given values (``pic.K=128``; ``pic.K=128,512`` or ``pic.K=[128,512]`` for several); a value no
+        cell has becomes its own cell(s): the cells that set the key, with it replaced. A key that is not swept
+        applies to every cell, or, given several values, becomes a new axis of the sweep. So every cell's label
+        says what it ran. ``run.seed`` is refused: seeds come from ``--seeds``.
+        """
+        if "run.seed" in cli:
+            raise ConfigError(f"command line: run.seed={cli['run.seed']}: the seed is set by --seeds, not by a key "
+                              f"(use --seeds {cli['run.seed']}; several: --seeds 0,1,2)")
+        base = build(preset, self.overrides, self.presets.get(preset, {}), where=self.path)
+        cells = self.cell_overrides()
+        rest: dict[str, Any] = {}
+        for key, raw in flatten(cli).items():
+            values = cli_values(key, raw)
+            swept = any(key in c for c in cells)
+            if swept:
+                picked: list[dict[str, Any]] = []
+                for raw_v, v in values:
+                    same = [c for c in cells if get_value(apply(base, c, self.path), key) == v]
+                    picked += same or [{**c, key: raw_v} for c in cells if key in c]
+                cells = _dedupe(picked)
+            elif len(values) > 1:
+                cells = _dedupe([{**c, key: raw_v} for c in cells for raw_v, _ in values])
+            else:
+                rest[key] = raw
+        return dataclasses.replace(self, sweep={}, cells=cells, cli_keys=self.cli_keys | set(flatten(cli))), rest
+
+    def merged(self, preset: str, cli: dict[str, Any]) -> tuple["Ablation", list[str]]:
+        """This ablation with cells that resolve to one config kept once, and a warning for each.
+
+        The whole resolved config is compared (not the hash, which leaves out settings such as data.root and
+        run.threads that a sweep may still vary on purpose)."""
+        kept: dict[str, dict[str, Any]] = {}
+        warnings = []
+        for cell, cfg in self.resolve(preset, cli, check=False):
+            h = json.dumps(to_dict(cfg), sort_keys=True)
+            if h in kept:
+                warnings.append(f"cells '{cell_label(kept[h])}' and '{cell_label(cell)}' resolve to the same config "
+                                f"({config_hash(cfg)}) at preset '{preset}': running it once, as "
+                                f"'{cell_label(kept[h])}'")
+                continue
+            kept[h] = cell
+        if not warnings:
+            return self, []
+        return dataclasses.replace(self, sweep={}, cells=list(kept.values())), warnings
+
+
+def cli_values(key: str, raw: Any) -> list[tuple[Any, Any]]:
+    """(value as typed, value as the config holds it) for each value a command-line item gives ``key``.
+
+    Several values: a YAML list or Hydra's comma spelling ``a,b``; a free-text key (data.root) is never split."""
+    typ = _field_types(type(getattr(Config(), key.split(".")[0], Config()))).get(key.partition(".")[2]) \
+        if "." in key else None
+    if isinstance(raw, list):
+        items = raw
+    elif isinstance(raw, str) and "," in raw and (typ is not str or key in CHOICES):
+        items = [load_yaml(p.strip()) for p in raw.split(",")]
+    else:
+        items = [raw]
+    if not items:
+        raise ConfigError(f"command line: {key}=[]: give at least one value")
+    return [(v, get_value(apply(Config(), {key: v}, "command line"), key)) for v in items]
 
 
 ABLATION_KEYS = {"name", "overrides", "presets", "sweep", "cells", "default_cell", "seeds", "kind"}
 PLAN_KEYS = {"sweep", "cells", "default_cell", "seeds"}  # what a preset block may replace besides config keys
 
 
-def read_yaml_mapping(path: Path, missing: str, not_mapping: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; every failure is a ConfigError naming the file."""
+def read_yaml_mapping(path: Path, missing: str, not_mapping: str, empty: str | None = None) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every failure is a ConfigError naming the file.
+
+    A file that holds nothing (empty or only comments) reads as {}, or is refused with ``empty`` when given.
+    A key given twice is refused with its line."""
     if not path.is_file():
         raise ConfigError(missing)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is None:
+        if empty is not None:
+            raise ConfigError(f"{path}: {empty}")
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: {not_mapping}")
     return raw
 
 
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _check_seeds(seeds: Any, where: str) -> list[int]:
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{where} must be a list of integers, got {seeds!r}")
+    if not seeds:
+        raise ConfigError(f"{where} is empty: nothing would run (give at least one seed, e.g. [0])")
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"{where} must be >= 0, got {[s for s in seeds if s < 0][0]} in {seeds}")
+    return seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds '0,1,2' -> [0, 1, 2]; anything else is a ConfigError naming the flag."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text}: expects comma-separated integers, e.g. --seeds 0,1,2") from None
+    return _check_seeds(seeds, f"--seeds {text}: seeds")
+
+
+def _check_default_cell(abl: "Ablation", preset: str) -> None:
+    dc = abl.default_cell
+    if not dc:
+        return
+    where = f"{abl.path}: default_cell {dc}" + (f" (presets.{preset})" if preset in abl.plans else "")
+    try:
+        apply(Config(), dc, where)
+    except ConfigError as e:
+        raise ConfigError(str(e)) from None
+    cells = abl.cell_overrides()
+    if not any(all(k in c and c[k] == v for k, v in dc.items()) for c in cells):
+        shown = ", ".join(f"'{cell_label(c)}'" for c in cells[:8]) + (", ..." if len(cells) > 8 else "")
+        raise ConfigError(f"{where} is not one of the cells at preset '{preset}' (cells: {shown}); "
+                          "tables compare every cell against it")
+
+
 def load_ablation(path: str | Path) -> Ablation:
+    """An ablation file, its structure checked and every key type-checked at every preset.
+
+    Ranges and cross-field checks (K against the batch, ...) depend on the preset and run only for the preset
+    that runs (``Ablation.resolve``)."""
     path = Path(path)
-    raw = read_yaml_mapping(path, f"ablation file not found: {path}", "must be a mapping at the top level")
+    raw = read_yaml_mapping(path, f"ablation file not found: {path}", "must be a mapping at the top level",
+                            empty="the file is empty (an ablation needs at least a name; see ablations/*.yaml)")
     unknown = set(raw) - ABLATION_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)} (known: {sorted(ABLATION_KEYS)})")
@@ -370,23 +570,26 @@ def load_ablation(path: str | Path) -> Ablation:
         block = dict(presets[p] or {})
         plans[p] = {k: block.pop(k) for k in list(block) if k in PLAN_KEYS}
         presets[p] = block
-        seeds_p = plans[p].get("seeds", [0])
-        if not isinstance(seeds_p, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds_p):
-            raise ConfigError(f"{path}: presets.{p}.seeds must be a list of integers, got {seeds_p!r}")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"{path}: 'seeds' must be a list of integers, got {seeds!r}")
+        if "seeds" in plans[p]:
+            _check_seeds(plans[p]["seeds"], f"{path}: presets.{p}.seeds")
+    seeds = _check_seeds(raw.get("seeds", [0]), f"{path}: 'seeds'")
     kind = raw.get("kind", "train")
     if kind not in ("train", "analysis"):
         raise ConfigError(f"{path}: 'kind' must be train or analysis, got {kind!r}")
+    name = str(raw.get("name", path.stem))
+    # The name becomes file names under --results (rows/<name>.jsonl, tables/<name>.md): nothing may escape it.
+    if not NAME.match(name) or ".." in name:
+        raise ConfigError(f"{path}: name {name!r} must be a plain file name (letters, digits, '_', '-', '.'; "
+                          "no '/', no '..'): rows and tables are written as <results>/rows/<name>.jsonl")
     abl = Ablation(
-        name=str(raw.get("name", path.stem)), path=str(path), overrides=flatten(raw.get("overrides") or {}),
+        name=name, path=str(path), overrides=flatten(raw.get("overrides") or {}),
         presets={k: flatten(v or {}) for k, v in presets.items()}, sweep=raw.get("sweep") or {},
         cells=list(raw.get("cells") or []), default_cell=flatten(raw.get("default_cell") or {}),
         seeds=seeds, kind=kind, plans=plans)
     # Check every key now, at every preset, so a typo fails at load time and names the file.
     for p in PRESETS:
-        abl.for_preset(p).resolve(p)
+        abl.for_preset(p).resolve(p, check=False)
+        _check_default_cell(abl.for_preset(p), p)
     return abl
 
 
@@ -399,23 +602,53 @@ def build(preset: str, *layers: dict[str, Any], where: str = "overrides") -> Con
     return cfg
 
 
-def validate(cfg: Config, where: str = "config") -> None:
-    """Cross-field checks that a single type check cannot do."""
+def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: str | None = None) -> None:
+    """Ranges of every value and cross-field checks that a single type check cannot do.
+
+    ``where`` names the source of the values (a string, or a function of the key: command line, file, preset);
+    ``preset`` is named where a check depends on the preset (K against its batch)."""
+    src = where if callable(where) else (lambda key: where)
+
+    def refuse(key: str, why: str, value: Any = None) -> None:
+        value = get_value(cfg, key) if value is None else value
+        raise ConfigError(f"{src(key)}: {key}={value} {why}")
+
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            v = getattr(getattr(cfg, section.name), f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                refuse(f"{section.name}.{f.name}", "must be a finite number")
+    at_least = {  # key: the smallest valid value
+        "model.dim": 1, "model.width": 1, "model.head_hidden": 1, "data.image_size": 1, "data.num_instances": 0,
+        "data.test_size": 0, "data.small_views": 0, "data.workers": 0, "eval.knn_k": 1, "eval.linear_epochs": 1,
+        "optim.max_steps": 0, "optim.warmup_epochs": 0, "run.threads": 0, "run.log_every": 1,
+        "run.checkpoint_every": 0,
+    }
+    notes = {"data.num_instances": " (0 = all)", "data.test_size": " (0 = all)", "optim.max_steps": " (0 = no cap)",
+             "run.threads": " (0 = torch's default)", "run.checkpoint_every": " (0 = only at the end)"}
+    for key, low in at_least.items():
+        if get_value(cfg, key) < low:
+            refuse(key, f"must be >= {low}{notes.get(key, '')}")
+    for key in ("eval.knn_t", "optim.epochs", "optim.base_lr", "pic.tau"):
+        if get_value(cfg, key) <= 0:
+            refuse(key, "must be > 0")
     p, o, d = cfg.pic, cfg.optim, cfg.data
-    if p.tau <= 0:
-        raise ConfigError(f"{where}: pic.tau must be > 0, got {p.tau}")
+    if d.small_views > 0 and d.small_size < 1:
+        refuse("data.small_size", f"must be >= 1 with data.small_views={d.small_views}")
+    if o.batch_size < 2:
+        refuse("optim.batch_size", "must be >= 2 (BatchNorm needs at least two samples)")
     if p.K < 0:
-        raise ConfigError(f"{where}: pic.K must be >= 0 (0 = all instances), got {p.K}")
+        refuse("pic.K", "must be >= 0 (0 = all instances)")
     if p.D <= 0 or p.S <= 0 or p.S > p.D:
-        raise ConfigError(f"{where}: need 0 < pic.S <= pic.D, got D={p.D}, S={p.S}")
-    if o.batch_size <= 0 or o.epochs <= 0:
-        raise ConfigError(f"{where}: optim.batch_size and optim.epochs must be > 0")
+        raise ConfigError(f"{src('pic.S')}: need 0 < pic.S <= pic.D, got D={p.D}, S={p.S}")
     if 0 < p.K < o.batch_size:
-        raise ConfigError(f"{where}: pic.K={p.K} is smaller than the batch ({o.batch_size}); "
-                          "recent negatives always include the current batch")
+        at = f"at preset '{preset}'" if preset else "of this config"
+        raise ConfigError(f"{src('pic.K')}: pic.K={p.K} is smaller than the batch {at} (optim.batch_size="
+                          f"{o.batch_size}, from {src('optim.batch_size')}); recent negatives always include "
+                          "the current batch")
     if cfg.model.pool < 1:
-        raise ConfigError(f"{where}: model.pool must be >= 1 (1 = global average pool), got {cfg.model.pool}")
+        refuse("model.pool", "must be >= 1 (1 = global average pool)")
     if d.views < 1:
-        raise ConfigError(f"{where}: data.views must be >= 1, got {d.views}")
+        refuse("data.views", "must be >= 1")
     if not 0 < d.crop_min <= 1:
-        raise ConfigError(f"{where}: data.crop_min must be in (0, 1], got {d.crop_min}")
+        refuse("data.crop_min", "must be in (0, 1]")

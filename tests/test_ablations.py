@@ -76,6 +76,23 @@ def test_paper_preset_carries_the_paper_setting(path):
         assert cfg.optim.epochs == 200 or "optim.epochs" in cell
 
 
+@pytest.mark.parametrize("preset", ["smoke", "small", "paper"])
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_file_passes_the_dry_run_at_every_preset(path, preset, tmp_path, capsys):
+    """The one validation before work (ranges, data, K against the preset's batch) accepts every shipped file at
+    every preset; the paper preset gets an image folder for data.root. Nothing is written."""
+    extra = []
+    if preset == "paper":
+        for c in ("a", "b"):
+            (tmp_path / "imagenet" / "train" / c).mkdir(parents=True)
+        extra = [f"data.root={tmp_path / 'imagenet'}"]
+    rc = run.main([str(path), preset, "--dry-run", "--results", str(tmp_path / "res"), *extra])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "error:" not in cap.err and not (tmp_path / "res").exists()
+    assert cap.out.count(" todo") + cap.out.count(" done") >= 1
+
+
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)
 def test_training_file_runs_at_smoke(path, tmp_path):
     abl = load_ablation(path).for_preset("smoke")
@@ -202,3 +219,4 @@ def test_an_unknown_analysis_is_refused(tmp_path):
     f = tmp_path / "mystery.yaml"
     f.write_text("name: mystery\nkind: analysis\nseeds: [0]\n")
     assert run.main([str(f), "smoke", "--results", str(tmp_path)]) == 2
+    assert run.main([str(f), "smoke", "--results", str(tmp_path), "--dry-run"]) == 2
