@@ -176,6 +176,8 @@ class Trainer:
         return {
             "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "w": self.w, "u": self.u, "meters": self.meters.__dict__,
+            # the scheduler's state from the ring's first position on (the official sampler is sequential)
+            "schedule": self.schedule.state_dict(self.step * self.cfg.optim.batch_size - self.negatives.K),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
@@ -192,6 +194,8 @@ class Trainer:
         random.setstate(sd["rng"]["python"])
         if sd["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
+        if "schedule" in sd:  # checkpoints written before it was kept replay the official sampler from window 0
+            self.schedule.load_state_dict(sd["schedule"])
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
 
     def save(self, path: Path) -> None:

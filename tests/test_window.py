@@ -211,3 +211,25 @@ def test_state_dict_refuses_another_schedulers_state():
     s2 = SlidingWindow(N, D, S, 1)
     s2.load_state_dict(s.state_dict(5 * D))  # stateless schedulers: a check of the settings only
     assert np.array_equal(s2.window(5), s.window(5))
+
+
+def test_a_resumed_run_on_the_official_scheduler_does_not_replay_from_window_0(tmp_path, draws):
+    """The checkpoint holds the scheduler's state: the resumed trainer's ring refill and first batch draw the
+    one or two windows they cover, not windows 0..t again, and the run ends as an uninterrupted one."""
+    from pic_bench.config import build
+    from pic_bench.train import Preempted, Trainer
+
+    c = build("smoke", {"pic.scheduler": "official", "optim.epochs": 10, "optim.max_steps": 30,
+                        "run.deterministic": True})
+    full = Trainer(c)
+    full.train()
+    t = Trainer(c)
+    with pytest.raises(Preempted):
+        t.train(should_stop=lambda: t.step == 24, checkpoint=tmp_path / "ck.pt")  # window 6 of 128 positions
+    resumed = Trainer(c)
+    del draws[:]
+    resumed.load(tmp_path / "ck.pt")
+    next(resumed.loader.iterate(resumed.step, resumed.step + 1))
+    assert len(draws) <= 2 * 2 + 1, draws  # windows 5 (the ring's K = 64 positions) and 6; 13 from window 0
+    resumed.train()
+    assert resumed.meters.losses == full.meters.losses
