@@ -193,3 +193,27 @@ def test_a_legacy_index_map_beside_the_data_is_still_honoured(tmp_path):
     age(data)
     with pytest.raises(DatasetError, match=r"file list changed.*\.pic_bench_index\.txt"):
         load(data)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_relative_paths_and_digest_match_the_reference(seed, tmp_path, monkeypatch):
+    """Random paths under awkward roots (relative, '..', '/', dotted names, foreign files): the prefix cut
+    equals os.path.relpath everywhere, so the digest equals the plain one."""
+    rng = np.random.default_rng(seed)
+    monkeypatch.chdir(tmp_path)
+    names = ["a", "b.jpg", ".hidden.jpg", "x..y.JPEG", "..z.png", "c d.jpg", "é.jpg"]
+    roots = [Path("data/train"), Path("data/../data/train"), tmp_path / "data" / "train", Path("/"), Path(".")]
+    for root in roots:
+        files = []
+        for _ in range(200):
+            parts = [str(p) for p in rng.choice(names, size=rng.integers(1, 4))]
+            kind = rng.integers(0, 4)
+            if kind == 0:  # outside the root
+                files.append(os.path.join("elsewhere", *parts))
+            elif kind == 1:  # an unclean path under the root
+                files.append(os.path.join(str(root), ".", *parts) if rng.random() < 0.5
+                             else os.path.join(str(root), parts[0], "..", *parts))
+            else:
+                files.append(os.path.join(str(root), *parts))
+        assert sources.relative_paths(files, root) == [os.path.relpath(f, root) for f in files], root
+        assert sources.digest_files(files, root) == sources.digest_files_reference(files, root)
