@@ -148,7 +148,8 @@ class Trainer:
         self.N = self.source.N
         self.derived = derive(cfg, self.N)
         self.schedule = make_schedule(p.scheduler, self.N, p.D, p.S, cfg.run.seed, p.official_shuffle)
-        self.loader = build_loader(cfg, self.source, self.schedule)
+        ranks = distributed.current()  # each rank reads and decodes only its rows of the global batch
+        self.loader = build_loader(cfg, self.source, self.schedule, shard=(ranks.rank, ranks.world))
         self.derived["loader"] = self.loader.name  # which loader ran, for the result row
         # --- model and its optimizer
         self.model = PICModel(cfg.model, self.source.channels).to(self.device)
@@ -175,6 +176,8 @@ class Trainer:
         return {
             "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "w": self.w, "u": self.u, "meters": self.meters.__dict__,
+            # the scheduler's state from the ring's first position on (the official sampler is sequential)
+            "schedule": self.schedule.state_dict(self.step * self.cfg.optim.batch_size - self.negatives.K),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
@@ -191,6 +194,8 @@ class Trainer:
         random.setstate(sd["rng"]["python"])
         if sd["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
+        if "schedule" in sd:  # checkpoints written before it was kept replay the official sampler from window 0
+            self.schedule.load_state_dict(sd["schedule"])
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
 
     def save(self, path: Path) -> None:
@@ -213,12 +218,12 @@ class Trainer:
             group["lr"] = lr
         U, target = self.negatives.select(batch.index)  # (|U|,), (B,)
         cosine = p.softmax == "cosine"
-        lo, hi = self.dist.shard(target.numel())  # this rank's rows of the global batch (all of them in one process)
+        lo, hi = batch.rows  # this rank's rows of the global batch: the loader decoded only these (views are hi - lo)
         # --- fast head (pic_bench.head): same loss, gradients and update as the plain path below, computed in
         # closed form with one gather of w[U] (rows) that the update reuses. Small views do not train w.
         if p.fast_head:
             rows = head.gather(self.w, U, cosine, self.head_ws)
-            zs = [self.model(x[lo:hi]) for x in [*batch.views, *batch.small_views]]
+            zs = [self.model(x) for x in [*batch.views, *batch.small_views]]
             loss, grads_z, dwn = head.views_loss_and_grads(zs, len(batch.views), rows, target[lo:hi], p.tau,
                                                            cosine, self.head_ws)
             value = self.dist.mean(float(loss))
@@ -234,10 +239,10 @@ class Trainer:
             return value
         # --- plain path (the reference)
         w_U = (self.w if U.numel() == self.N else self.w.index_select(0, U)).detach().float().requires_grad_()
-        losses = [pic_loss(self.model(x[lo:hi]), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
+        losses = [pic_loss(self.model(x), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
         for x in batch.small_views:  # multi-crop small views train the network only (w detached, as official)
             losses.append(torch.nn.functional.cross_entropy(
-                pic_logits(self.model(x[lo:hi]), w_U.detach(), p.tau, cosine), target[lo:hi]))
+                pic_logits(self.model(x), w_U.detach(), p.tau, cosine), target[lo:hi]))
         loss = torch.stack(losses).mean()
         value = self.dist.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
         if not math.isfinite(value):

@@ -16,6 +16,15 @@ know exactly which instances come next (resume = remember the step).
   multiples of S modulo D without moving what is drawn. With ``shuffle_per_epoch`` (scripts/PIC.sh sets it)
   the whole list is reshuffled before every window whose start index is not 0, so those windows are fresh
   random D-subsets of all N; without it, training only ever sees the same D images.
+
+State. Sliding and epoch orders are pure functions of (seed, t): random access costs one permutation of a
+window. The official sampler is sequential (its index list is reshuffled in place), so ``OfficialWindow``
+keeps what random access needs: the last windows it produced (about ``keep_samples`` positions, so a loader's
+look-ahead followed by its first batch draws nothing again) and its state before each of the latest windows
+(generator state, index list, start index). ``state_dict(first)`` returns the state from which every position
+``>= first`` is reached without replaying from window 0; a checkpoint stores it and a resumed run loads it, so
+the first batch of a segment at window 60 costs one or two windows' draws instead of 61. Asking for a window
+earlier than every kept state still replays from window 0 (correct, only slow).
 """
 from __future__ import annotations
 
@@ -50,8 +59,28 @@ class Schedule:
         """Instance indices of batch ``step`` (B,) int64."""
         return self.positions(step * B, B)
 
+    kind = ""
+
+    def _settings(self) -> dict:
+        return {"scheduler": self.kind, "N": self.N, "L": self.L, "seed": self.seed}
+
+    def state_dict(self, first: int = 0) -> dict:
+        """What a checkpoint keeps so that positions ``>= first`` are reached without a replay; for the
+        stateless schedulers only their settings (checked on load)."""
+        return self._settings()
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restores ``state_dict``'s state; refuses one from a scheduler with other settings."""
+        mine = self._settings()
+        theirs = {k: sd.get(k) for k in mine}
+        if theirs != mine:
+            diff = ", ".join(f"{k}: saved {theirs[k]!r}, now {mine[k]!r}" for k in mine if theirs[k] != mine[k])
+            raise ValueError(f"the checkpoint's scheduler state does not belong to this scheduler ({diff})")
+
 
 class SlidingWindow(Schedule):
+    kind = "sliding"
+
     def __init__(self, N: int, D: int, S: int, seed: int):
         if not 0 < S <= D:
             raise ValueError(f"need 0 < S <= D, got D={D}, S={S}")
@@ -59,6 +88,9 @@ class SlidingWindow(Schedule):
         self.L = self.D
         self.pi = _rng(seed, 0x51DE).permutation(N)
         self._cache: tuple[int, np.ndarray] | None = None
+
+    def _settings(self) -> dict:
+        return {**super()._settings(), "S": self.S}
 
     def members(self, t: int) -> np.ndarray:
         """The D instances of window t, in permutation order (not visiting order)."""
@@ -72,6 +104,8 @@ class SlidingWindow(Schedule):
 
 
 class EpochOrder(Schedule):
+    kind = "epoch"
+
     def __init__(self, N: int, seed: int):
         self.N, self.L, self.seed = N, N, seed
         self._cache: tuple[int, np.ndarray] | None = None
@@ -85,25 +119,56 @@ class EpochOrder(Schedule):
 class OfficialWindow(Schedule):
     """bl0/PIC ``contrast/data/sampler.py`` behaviour, reproduced with a seeded generator.
 
-    Its state is sequential (the index list is shuffled in place), so windows are generated in order and the
-    latest is cached; asking for an earlier window replays from the start.
+    Its state is sequential (the index list is shuffled in place), so windows are generated in order. Kept for
+    random access: the outputs of the latest windows (``keep_samples`` positions, at least two windows) and the
+    state before each of the latest ``keep_states`` windows (O(N) each), plus a state loaded from a checkpoint.
+    A window is served from the kept outputs, else regenerated from the latest kept state before it, else
+    replayed from window 0 (``replays`` counts those).
     """
 
-    def __init__(self, N: int, D: int, S: int, seed: int, shuffle_per_epoch: bool = True):
+    kind = "official"
+
+    def __init__(self, N: int, D: int, S: int, seed: int, shuffle_per_epoch: bool = True,
+                 keep_samples: int = 1 << 22, keep_states: int = 3):
         self.N, self.D, self.S, self.seed, self.shuffle = N, min(D, N), S, seed, shuffle_per_epoch
         self.L = self.D
+        self.keep_windows = max(2, -(-keep_samples // self.L))
+        self.keep_states = max(2, keep_states)
+        self._windows: dict[int, np.ndarray] = {}  # t -> visiting order of window t (the latest ones)
+        self._states: dict[int, dict] = {}  # t -> the sampler's state before window t was drawn
+        self._loaded: dict | None = None  # the state from a checkpoint (never evicted)
+        self.replays = 0  # times a window had to be replayed from window 0
         self._reset()
+
+    def _settings(self) -> dict:
+        return {**super()._settings(), "S": self.S, "shuffle_per_epoch": self.shuffle}
 
     def _reset(self) -> None:
         self._gen = _rng(self.seed, 0x0FF1)
         self._indices = np.arange(self.N)
         self._gen.shuffle(self._indices)
         self._start = 0
-        self._t = -1
-        self._current = np.empty(0, dtype=np.int64)
+        self._t = -1  # the latest window drawn from the current state
+
+    def _state(self) -> dict:
+        """The state before window ``self._t + 1`` (the index list copied: the next window shuffles it)."""
+        return {"t": self._t + 1, "gen": self._gen.bit_generator.state, "indices": self._indices.copy(),
+                "start": self._start}
+
+    def _restore(self, st: dict) -> None:
+        self._gen.bit_generator.state = st["gen"]
+        self._indices = np.array(st["indices"], dtype=np.int64)  # a copy: the kept state stays as it was
+        self._start = int(st["start"])
+        self._t = int(st["t"]) - 1
+
+    def _keep(self, store: dict, t: int, value, limit: int) -> None:
+        store[t] = value
+        while len(store) > limit:
+            del store[min(store)]  # the earliest goes: loaders move forward and look back a little
 
     def _advance(self) -> None:
         # One call of the official sampler's __iter__.
+        self._keep(self._states, self._t + 1, self._state(), self.keep_states)
         if self.shuffle and self._start + self.D > self.D:  # i.e. start > 0: len(sampler) is the window size
             self._gen.shuffle(self._indices)
         pos = np.mod(np.arange(self.D) + self._start, self.D)  # the modulus is D, not N: never slides
@@ -111,14 +176,56 @@ class OfficialWindow(Schedule):
         self._gen.shuffle(w)
         self._start = (self._start + self.S) % self.D
         self._t += 1
-        self._current = w
+        self._keep(self._windows, self._t, w, self.keep_windows)
+
+    def _seek(self, t: int) -> None:
+        """Puts the current state anywhere from which window ``t`` is drawn without passing window 0 again."""
+        if self._t < t:
+            return  # forward from here
+        kept = [st for st in [*self._states.values(), self._loaded] if st is not None and st["t"] <= t]
+        if kept:
+            self._restore(max(kept, key=lambda st: st["t"]))
+        else:
+            self.replays += 1
+            self._reset()
 
     def window(self, t: int) -> np.ndarray:
-        if t < self._t:
-            self._reset()
+        w = self._windows.get(t)
+        if w is not None:
+            return w
+        self._seek(t)
         while self._t < t:
             self._advance()
-        return self._current
+        return self._windows[t]
+
+    def state_dict(self, first: int = 0) -> dict:
+        """The state before the window holding stream position ``first`` (generator state, the index list of
+        N entries, the start index): a run resumed from it reaches every position ``>= first`` without a
+        replay from window 0."""
+        t = max(0, first) // self.L
+        if t not in self._states:
+            if t == self._t + 1:
+                self._keep(self._states, t, self._state(), self.keep_states)
+            else:
+                self._seek(t - 1) if t > 0 else self._reset()
+                while self._t < t - 1:
+                    self._advance()
+                self._keep(self._states, t, self._state(), self.keep_states)
+        st = self._states[t]
+        return {**self._settings(), "t": st["t"], "gen": st["gen"], "indices": st["indices"].copy(),
+                "start": st["start"]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        st = {"t": int(sd["t"]), "gen": sd["gen"], "indices": np.asarray(sd["indices"], dtype=np.int64),
+              "start": int(sd["start"])}
+        if st["indices"].shape != (self.N,):
+            raise ValueError(f"the checkpoint's official-scheduler state holds {st['indices'].shape} indices, "
+                             f"expected ({self.N},)")
+        self._loaded = st
+        self._windows.clear()
+        self._states.clear()
+        self._restore(st)
 
 
 def make_schedule(kind: str, N: int, D: int, S: int, seed: int, official_shuffle: bool = True) -> Schedule:

@@ -38,6 +38,11 @@ from pic_bench.train import Preempted, Trainer
 from pic_bench.window import EpochOrder, SlidingWindow
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.fixture(autouse=True)
+def _listing_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "listing_cache"))
 PLAIN = dict(jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, mean=(0.0,) * 3, std=(1.0,) * 3)
 
 
@@ -431,7 +436,7 @@ def test_missing_and_empty_folders_name_the_path(tmp_path):
 def test_a_changed_folder_is_detected(tmp_path):
     files = write_folder(tmp_path, tinted(12))
     a = folder_source(tmp_path)
-    assert (tmp_path / INDEX_MAP).is_file()
+    assert not (tmp_path / INDEX_MAP).exists()  # nothing is written into the dataset folder
     assert folder_source(tmp_path, num_instances=6).N == 6  # another subset of the same folder is fine
     assert folder_source(tmp_path).index_digest == a.index_digest
     extra = tmp_path / "train" / "c0" / "0000a.jpg"  # sorts between existing files: indices would shift
@@ -444,14 +449,14 @@ def test_a_changed_folder_is_detected(tmp_path):
         folder_source(tmp_path)
 
 
-def test_the_index_map_falls_back_to_the_cache_when_the_folder_is_not_writable(tmp_path, monkeypatch):
+def test_the_listing_lives_in_the_cache_and_guards_the_folder(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_folder(data, tinted(6))
-    (data / INDEX_MAP).mkdir()  # cannot be written as a file: stands for a read-only data folder
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "cache"))
     folder_source(data)
-    (recorded,) = (tmp_path / "cache" / "pic_bench" / "index").glob("*.txt")
-    assert not list(data.glob("*.tmp"))
+    recorded = sorted((tmp_path / "cache" / "listing").glob("*.txt"))
+    assert len(recorded) == 1  # train/ only: there is no val/
+    assert not list(data.rglob(".pic_bench*")) and not list(data.rglob("*.tmp"))
     (data / "train" / "c1" / "0001.jpg").unlink()
-    with pytest.raises(DatasetError, match=str(recorded)):
+    with pytest.raises(DatasetError, match=str(recorded[0])):
         folder_source(data)

@@ -672,3 +672,71 @@ def test_data_that_cannot_be_read_at_submission_is_one_error_line(tmp_path, fake
     err = capsys.readouterr().err
     assert code == 2 and "error: image folder not found" in err and "Traceback" not in err
     assert not fake_slurm.exists()
+
+
+def _sharded_rank(steps: int) -> dict:
+    """One SLURM task (srun rank) of a 2-rank job: the process group from SLURM's / submitit's environment,
+    smoke training with sharded input, every image this rank decoded recorded."""
+    from pic_bench import distributed
+    from pic_bench.config import build
+    from pic_bench.data.sources import Source, TensorSet, load_source
+    from pic_bench.train import Trainer
+
+    ctx = distributed.init_from_env("cpu")
+    try:
+        loaded: list[int] = []
+
+        class Counting(TensorSet):
+            def load(self, i):
+                loaded.append(int(i))
+                return super().load(i)
+
+        c = build("smoke", {"run.deterministic": True, "optim.max_steps": steps, "optim.epochs": 2})
+        src = load_source(c.data, c.run.seed)
+        train = Counting(src.train.images, src.train.labels)
+        t = Trainer(c, Source(src.name, train, src.test, src.channels, src.mean, src.std, src.index_digest))
+        t.train()
+        return {"rank": ctx.rank, "world": ctx.world, "loaded": loaded, "step": t.step,
+                "losses": list(t.meters.losses), "w": t.w.clone(), "u": t.u.clone(),
+                "model": {k: v.clone() for k, v in t.model.state_dict().items()},
+                "ring": t.negatives.ring.clone(), "count": t.negatives.count}
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slurm
+def test_two_slurm_ranks_each_decode_a_disjoint_half_and_match_one_process(tmp_path):
+    """Sharded input, SLURM-launched: srun starts two ranks of one job; each decodes only its half of every
+    global batch (B / 2 images per step, the two halves disjoint and together the batch) and both end with the
+    parameters of one process (test_distributed.py's tolerance)."""
+    import submitit
+    from test_distributed import STEPS, assert_close, cfg as dist_cfg
+
+    from pic_bench.train import Trainer
+
+    if not cluster_reachable():
+        if os.environ.get("PIC_REQUIRE_SLURM") == "1":
+            pytest.fail("PIC_REQUIRE_SLURM=1 but no SLURM cluster is reachable (sinfo failed)")
+        pytest.skip("no SLURM cluster reachable (sinfo failed); start one: sudo bash slurm/local_cluster/up.sh")
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0]
+    ex = submitit.SlurmExecutor(folder=tmp_path / "%j")
+    ex.update_parameters(partition=partition.rstrip("*"), time=10, nodes=1, ntasks_per_node=2, cpus_per_task=1,
+                         mem="2048MB", setup=[f"export PYTHONPATH={REPO}:{REPO / 'tests'}"])
+    job = ex.submit(_sharded_rank, STEPS)
+    try:
+        wait_until(job.done, 400, "the 2-rank job")
+        ranks = sorted(job.results(), key=lambda r: r["rank"])
+    finally:
+        if not job.done():
+            job.cancel()
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["world"] == 2
+    one = Trainer(dist_cfg())
+    one.train()
+    B = one.cfg.optim.batch_size
+    whole = [one.schedule.batch(s, B).tolist() for s in range(STEPS)]
+    for r in ranks:
+        lo, hi = r["rank"] * B // 2, (r["rank"] + 1) * B // 2
+        assert r["loaded"] == sum((w[lo:hi] for w in whole), [])  # its half only, B / 2 per step
+        want = {"losses": list(one.meters.losses), "w": one.w, "u": one.u, "step": one.step,
+                "model": one.model.state_dict(), "ring": one.negatives.ring, "count": one.negatives.count}
+        assert_close(r, want)

@@ -115,3 +115,121 @@ def test_official_scheduler_with_shuffle_draws_fresh_subsets():
 def test_make_schedule_rejects_unknown():
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_schedule("nope", N, D, S, 0)
+
+
+# ---- the official scheduler keeps its state: no replay from window 0 (issue 11 item 6)
+
+class _Counting:
+    """A numpy Generator that counts its permutation draws (shuffle / permutation calls and the items drawn)."""
+
+    def __init__(self, g: np.random.Generator, log: list):
+        self._g, self._log = g, log
+
+    def shuffle(self, x):
+        self._log.append(len(x))
+        self._g.shuffle(x)
+
+    def permutation(self, x):
+        self._log.append(x if isinstance(x, int) else len(x))
+        return self._g.permutation(x)
+
+    def __getattr__(self, name):
+        return getattr(self._g, name)
+
+
+@pytest.fixture
+def draws(monkeypatch):
+    """Counts every permutation draw of every scheduler made while the fixture is active."""
+    from pic_bench import window
+
+    log: list = []
+    real = window._rng
+    monkeypatch.setattr(window, "_rng", lambda *key: _Counting(real(*key), log))
+    return log
+
+
+def _first_batch_draws(log, schedule, t, B=32):
+    del log[:]
+    schedule.batch(t * schedule.L // B, B)
+    return len(log), sum(log)
+
+
+def test_official_first_batch_after_a_look_ahead_costs_what_the_sliding_windows_does(draws):
+    """A loader builds a segment's file list from window 60 on (a look-ahead), then asks for its first batch:
+    the official scheduler used to replay windows 0..60 (122 shuffles of N), the sliding window draws nothing."""
+    sliding, official = SlidingWindow(N, D, S, 3), OfficialWindow(N, D, S, 3)
+    for sched in (sliding, official):
+        sched.positions(60 * D, 8 * D)  # the segment's look-ahead: windows 60..67
+    calls, _ = _first_batch_draws(draws, official, 60)
+    assert calls <= _first_batch_draws(draws, sliding, 60)[0] + 2, draws
+
+
+def test_official_first_batch_after_a_resume_costs_about_what_the_sliding_windows_does(draws):
+    """A requeued segment: a fresh process loads the scheduler state from the checkpoint, refills the
+    recent-negatives ring (looks back K positions) and asks for its first batch at window 60."""
+    K, B = D // 2, 32
+    start = 60 * D + 3 * B
+    ref = OfficialWindow(N, D, S, 3)
+    want = ref.positions(start - K, K + 4 * B)
+    sd = ref.state_dict(start - K)
+    fresh = OfficialWindow(N, D, S, 3)
+    sliding = SlidingWindow(N, D, S, 3)
+    del draws[:]
+    fresh.load_state_dict(sd)
+    got = fresh.positions(start - K, K + 4 * B)
+    official_draws = list(draws)
+    del draws[:]
+    sliding.positions(start - K, K + 4 * B)
+    assert np.array_equal(got, want)
+    # at most the windows it covers (two here), each one reshuffle of N plus one of D, against one of D each
+    # for the sliding window: O(n + window), where replaying from window 0 made 122 draws of up to N
+    assert len(official_draws) <= 2 * len(draws) + 2, (official_draws, draws)
+
+
+def test_official_state_dict_round_trip_is_bit_exact_with_the_official_sampler():
+    ref = _official_reference(N, D, S, True, 30, np.random.default_rng([11, 0x0FF1]))
+    a = OfficialWindow(N, D, S, seed=11)
+    for t in range(20):
+        a.window(t)
+    b = OfficialWindow(N, D, S, seed=11)
+    b.load_state_dict(a.state_dict(17 * D + 5))
+    for t in list(range(17, 30)) + [3, 18, 0, 29]:  # forward, then backward (before the saved state too)
+        assert np.array_equal(b.window(t), ref[t]), t
+    # looking back inside the kept windows does not replay
+    c = OfficialWindow(N, D, S, seed=11)
+    c.positions(25 * D, 3 * D)
+    assert np.array_equal(c.window(25), ref[25]) and c.replays == 0
+
+
+def test_state_dict_refuses_another_schedulers_state():
+    a = OfficialWindow(N, D, S, seed=1)
+    with pytest.raises(ValueError, match="seed"):
+        OfficialWindow(N, D, S, seed=2).load_state_dict(a.state_dict(0))
+    with pytest.raises(ValueError, match="official"):
+        SlidingWindow(N, D, S, 1).load_state_dict(a.state_dict(0))
+    s = SlidingWindow(N, D, S, 1)
+    s2 = SlidingWindow(N, D, S, 1)
+    s2.load_state_dict(s.state_dict(5 * D))  # stateless schedulers: a check of the settings only
+    assert np.array_equal(s2.window(5), s.window(5))
+
+
+def test_a_resumed_run_on_the_official_scheduler_does_not_replay_from_window_0(tmp_path, draws):
+    """The checkpoint holds the scheduler's state: the resumed trainer's ring refill and first batch draw the
+    one or two windows they cover, not windows 0..t again, and the run ends as an uninterrupted one."""
+    from pic_bench.config import build
+    from pic_bench.train import Preempted, Trainer
+
+    c = build("smoke", {"pic.scheduler": "official", "optim.epochs": 10, "optim.max_steps": 30,
+                        "run.deterministic": True})
+    full = Trainer(c)
+    full.train()
+    t = Trainer(c)
+    with pytest.raises(Preempted):
+        t.train(should_stop=lambda: t.step == 24, checkpoint=tmp_path / "ck.pt")  # window 6 of 128 positions
+    resumed = Trainer(c)
+    del draws[:]
+    resumed.load(tmp_path / "ck.pt")
+    next(resumed.loader.iterate(resumed.step, resumed.step + 1))
+    assert len(draws) <= 2 * 2 + 1, draws  # windows 5 (the ring's K = 64 positions) and 6; 13 from window 0
+    resumed.train()
+    assert resumed.meters.losses == full.meters.losses

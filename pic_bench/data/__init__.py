@@ -1,4 +1,10 @@
-"""Loaders that all yield the same ``Batch``: the views and the true instance indices, in scheduler order."""
+"""Loaders that all yield the same ``Batch``: the views and the true instance indices, in scheduler order.
+
+Sharded input: with ``shard=(rank, world)`` a loader reads, decodes and augments only rows ``[lo, hi)`` of
+each global batch of B (``shard_rows``), with exactly the random draws those rows get in one process, so the
+ranks' views concatenated in rank order are the single-process batch bit for bit. The batch still carries all
+B instance indices (the recent-negatives ring must see the global batch) and names its rows (``Batch.rows``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,17 +12,30 @@ from dataclasses import dataclass, field
 import torch
 
 
+def shard_rows(B: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch of B that rank ``rank`` of ``world`` reads (``DataParallel.shard``'s)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not one of {world} ranks")
+    if B % world:
+        raise ValueError(f"the global batch ({B} images) does not split over {world} ranks: "
+                         f"set optim.batch_size to a multiple of {world}")
+    b = B // world
+    return rank * b, (rank + 1) * b
+
+
 @dataclass
 class Batch:
-    """One training batch.
+    """One training batch (this rank's rows of it when the loader is sharded).
 
     Attributes:
-        views: list of (B, C, H, W) float tensors, the large views (each trains w).
-        index: (B,) int64, the true instance index of every image: position in the scheduler's stream,
-            carried from the scheduler to the loss (never rebuilt with an arange).
-        small_views: list of (B, C, h, w) float tensors, extra small crops (multi-crop; do not train w).
+        views: list of (b, C, H, W) float tensors, the large views (each trains w), rows ``rows`` of the global
+            batch (b = hi - lo; b = B in one process).
+        index: (B,) int64, the true instance index of every image of the GLOBAL batch: position in the
+            scheduler's stream, carried from the scheduler to the loss (never rebuilt with an arange).
+        small_views: list of (b, C, h, w) float tensors, extra small crops (multi-crop; do not train w).
         step: the global step this batch belongs to.
         skipped: images that failed to decode and were replaced (data.on_bad_image=skip), counted for the row.
+        rows: (lo, hi), the rows of ``index`` that the views hold (default: all of them).
     """
 
     views: list[torch.Tensor]
@@ -24,8 +43,13 @@ class Batch:
     step: int
     small_views: list[torch.Tensor] = field(default_factory=list)
     skipped: int = 0
+    rows: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.rows is None:
+            self.rows = (0, int(self.index.numel()))
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
         return Batch([v.to(device, non_blocking=nb) for v in self.views], self.index.to(device, non_blocking=nb),
-                     self.step, [v.to(device, non_blocking=nb) for v in self.small_views], self.skipped)
+                     self.step, [v.to(device, non_blocking=nb) for v in self.small_views], self.skipped, self.rows)

@@ -68,18 +68,35 @@ def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     return (f.view(-1, 1, 1, 1) * a + (1 - f.view(-1, 1, 1, 1)) * b).clamp_(0, 1)
 
 
-def color_jitter(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tensor:
-    B = x.shape[0]
-    apply = torch.rand(B, generator=g) < r.jitter_p
+def draw(B: int, H: int, W: int, r: Recipe, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random number of one view of a batch of B (H x W images), each (B, ...): crop boxes, flip,
+    jitter (applied, factors, hue, op order), grayscale, blur (applied, sigma), drawn in this fixed order.
+
+    Drawn for the whole global batch even by a rank that augments only some rows: a few numbers per image, and
+    row i gets the same draws whatever rows are augmented (sharded input)."""
+    p = {"boxes": sample_boxes(B, H, W, r, g), "flip": torch.rand(B, generator=g) < r.flip_p}
+    if any(r.jitter):
+        apply = torch.rand(B, generator=g) < r.jitter_p
+        b, c, s, h = r.jitter
+
+        def factor(v: float) -> torch.Tensor:
+            f = torch.empty(B).uniform_(max(0.0, 1 - v), 1 + v, generator=g)
+            return torch.where(apply, f, torch.ones(B))
+
+        p["fb"], p["fc"], p["fs"] = factor(b), factor(c), factor(s)
+        p["fh"] = torch.where(apply, torch.empty(B).uniform_(-h, h, generator=g), torch.zeros(B))
+        p["order"] = torch.argsort(torch.rand(B, 4, generator=g), dim=1)  # a random order of the 4 ops per image
+    p["gray"] = torch.rand(B, generator=g) < r.gray_p
+    if r.blur_p > 0:
+        p["blur"] = torch.rand(B, generator=g) < r.blur_p
+        if bool(p["blur"].any()):
+            p["sigma"] = torch.empty(B).uniform_(r.blur_sigma[0], r.blur_sigma[1], generator=g)
+    return p
+
+
+def color_jitter(x: torch.Tensor, r: Recipe, p: dict[str, torch.Tensor]) -> torch.Tensor:
     b, c, s, h = r.jitter
-
-    def factor(v: float) -> torch.Tensor:
-        f = torch.empty(B).uniform_(max(0.0, 1 - v), 1 + v, generator=g)
-        return torch.where(apply, f, torch.ones(B))
-
-    fb, fc, fs = factor(b), factor(c), factor(s)
-    fh = torch.where(apply, torch.empty(B).uniform_(-h, h, generator=g), torch.zeros(B))
-    order = torch.argsort(torch.rand(B, 4, generator=g), dim=1)  # a random order of the 4 ops per image
+    fb, fc, fs, fh, order = p["fb"], p["fc"], p["fs"], p["fh"], p["order"]
     for k in range(4):
         for op in range(4):
             m = order[:, k] == op
@@ -98,12 +115,12 @@ def color_jitter(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tensor
     return x
 
 
-def gaussian_blur(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, r: Recipe, p: dict[str, torch.Tensor]) -> torch.Tensor:
     B, C, H, W = x.shape
-    apply = torch.rand(B, generator=g) < r.blur_p
+    apply = p["blur"]
     if not bool(apply.any()):
         return x
-    sigma = torch.empty(B).uniform_(r.blur_sigma[0], r.blur_sigma[1], generator=g)
+    sigma = p["sigma"]
     k = r.blur_kernel
     t = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
     ker = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
@@ -116,45 +133,51 @@ def gaussian_blur(x: torch.Tensor, r: Recipe, g: torch.Generator) -> torch.Tenso
     return torch.where(apply.view(B, 1, 1, 1), y, x)
 
 
-def augment_batch(img: torch.Tensor, r: Recipe, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """uint8 (B, C, H, W) -> normalised float (B, C, size, size), and the drawn parameters (for tests)."""
+def augment_batch(img: torch.Tensor, r: Recipe, g: torch.Generator, B: int | None = None,
+                  lo: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """uint8 (b, C, H, W) -> normalised float (b, C, size, size), and the drawn parameters of its rows.
+
+    ``img`` holds rows [lo, lo + b) of a batch of B (default: the whole batch, B = b); the draws are those of
+    the whole batch (``draw``), so these rows come out as they do when the whole batch is augmented."""
     x = img.float().div_(255)
-    B, _, H, W = x.shape
-    boxes = sample_boxes(B, H, W, r, g)
-    flip = torch.rand(B, generator=g) < r.flip_p
-    x = crop_flip(x, boxes, flip, r.size)
+    b, _, H, W = x.shape
+    B = b if B is None else B
+    p = {k: v[lo:lo + b] for k, v in draw(B, H, W, r, g).items()}  # this slice's rows
+    x = crop_flip(x, p["boxes"], p["flip"], r.size)
     if any(r.jitter):
-        x = color_jitter(x, r, g)
-    gray = torch.rand(B, generator=g) < r.gray_p
-    if bool(gray.any()):
-        x = torch.where(gray.view(B, 1, 1, 1), _gray(x), x)
+        x = color_jitter(x, r, p)
+    if bool(p["gray"].any()):
+        x = torch.where(p["gray"].view(b, 1, 1, 1), _gray(x), x)
     if r.blur_p > 0:
-        x = gaussian_blur(x, r, g)
+        x = gaussian_blur(x, r, p)
     mean = torch.tensor(r.mean).view(1, -1, 1, 1)
     std = torch.tensor(r.std).view(1, -1, 1, 1)
-    return (x - mean) / std, {"boxes": boxes, "flip": flip, "gray": gray}
+    return (x - mean) / std, {"boxes": p["boxes"], "flip": p["flip"], "gray": p["gray"]}
 
 
 class BatchedLoader:
-    """Iterates ``Batch`` for steps ``[start_step, end_step)`` from an in-memory source."""
+    """Iterates ``Batch`` for steps ``[start_step, end_step)`` from an in-memory source; ``rows`` (lo, hi): the
+    rows of each global batch this rank augments (default all)."""
 
     name = "batched"
 
     def __init__(self, images: ImageSet, schedule: Schedule, B: int, large: Recipe, small: Recipe | None = None,
-                 views: int = 1, small_views: int = 0, seed: int = 0):
+                 views: int = 1, small_views: int = 0, seed: int = 0, rows: tuple[int, int] | None = None):
         if not isinstance(images, TensorSet):
             raise ValueError("data.loader=batched needs an in-memory dataset (fashion_mnist, digits, synthetic); "
                              "use torchvision or dali for image folders")
         self.images, self.schedule, self.B = images, schedule, B
         self.large, self.small, self.views, self.small_views, self.seed = large, small, views, small_views, seed
+        self.rows = rows or (0, B)
 
     def batch(self, step: int) -> Batch:
-        index = torch.from_numpy(self.schedule.batch(step, self.B))
-        img = self.images.images[index]  # (B, C, H, W) uint8
+        index = torch.from_numpy(self.schedule.batch(step, self.B))  # (B,) the global batch
+        lo, hi = self.rows
+        img = self.images.images[index[lo:hi]]  # (b, C, H, W) uint8, this rank's rows only
         g = torch.Generator().manual_seed(step_seed(self.seed, step))
-        views = [augment_batch(img, self.large, g)[0] for _ in range(self.views)]
-        small = [augment_batch(img, self.small, g)[0] for _ in range(self.small_views)] if self.small else []
-        return Batch(views, index, step, small)
+        views = [augment_batch(img, self.large, g, self.B, lo)[0] for _ in range(self.views)]
+        small = [augment_batch(img, self.small, g, self.B, lo)[0] for _ in range(self.small_views)] if self.small else []
+        return Batch(views, index, step, small, rows=(lo, hi))
 
     def iterate(self, start_step: int, end_step: int):
         for s in range(start_step, end_step):

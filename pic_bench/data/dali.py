@@ -17,6 +17,9 @@ what batch ``step`` looks like. The crop follows torchvision's RandomResizedCrop
 fraction and log aspect ratio, accept the first that fits, else a centre crop with the ratio clamped),
 evaluated per sample in the graph from the image's shape.
 
+Sharded input. With ``rows=(lo, hi)`` (``build_loader``'s ``shard``) a rank's file reader lists only rows
+[lo, hi) of every batch and the graph runs batches of hi - lo images; the draws are the whole batch's, sliced.
+
 Windows. The file reader's list is fixed when a pipeline is built, so the list covers a segment of the
 stream: at least one window and at least ``segment_samples`` positions. A window change inside a segment
 rebuilds nothing; an ImageNet run with the paper's D rebuilds every ~2^20 samples.
@@ -314,14 +317,18 @@ class DaliLoader:
         schedule: the window order; batch ``step`` is ``schedule.batch(step, B)``.
         cfg: the run config (batch size, views, workers = DALI threads, on_bad_image, seed, device).
         large, small: the recipes of the large views and of the multi-crop small views (None: no small views).
-        device: "cpu" | "gpu" | None (None: GPU when the run uses CUDA).
+        device: where to decode: a ``torch.device`` (``cuda:<i>`` decodes on GPU i, its ``device_id``), "cpu",
+            "gpu" (the current CUDA device) or None (the current CUDA device when the run uses CUDA, else cpu).
+        rows: (lo, hi), the rows of each global batch this rank reads and decodes (default all): the file
+            reader's list holds only them and the graph runs batches of hi - lo; the random draws are the whole
+            batch's, sliced, so a row looks the same whatever rank decodes it.
     """
 
     name = "dali"
     segment_samples = 1 << 20  # a file-reader pipeline covers at least this many stream positions
 
     def __init__(self, source: Source, schedule: Schedule, cfg: Config, large: Recipe, small: Recipe | None,
-                 device: str | None = None):
+                 device: torch.device | str | None = None, rows: tuple[int, int] | None = None):
         d = cfg.data
         self.images, self.schedule, self.B, self.seed = source.train, schedule, cfg.optim.batch_size, cfg.run.seed
         self.recipes = [large] * d.views + ([small] * d.small_views if small is not None else [])
@@ -329,9 +336,17 @@ class DaliLoader:
         self.channels = source.channels
         self.on_bad = d.on_bad_image
         self.threads = d.workers if d.workers > 0 else max(1, min(4, os.cpu_count() or 1))
+        self.rows = rows or (0, self.B)
+        self.b = self.rows[1] - self.rows[0]  # images per pipeline batch: this rank's rows
         if device is None:
             device = "gpu" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu"
-        self.gpu = device == "gpu"
+        if isinstance(device, torch.device):
+            self.gpu = device.type == "cuda"
+            self.device_id = (device.index if device.index is not None else torch.cuda.current_device()) \
+                if self.gpu else None
+        else:
+            self.gpu = device == "gpu"
+            self.device_id = torch.cuda.current_device() if self.gpu else None
         self.files = source.train.files
         if self.files is None and not isinstance(getattr(source.train, "images", None), torch.Tensor):
             raise TypeError(f"DaliLoader needs a folder or in-memory image set, got {type(source.train).__name__}")
@@ -339,14 +354,16 @@ class DaliLoader:
         self._placeholder: str | None = None
         self._probe = None
 
-    # ---- the random numbers of a batch: a function of (seed, step) only
+    # ---- the random numbers of a batch: a function of (seed, step) only, drawn for all B rows (cheap)
     def _feed(self, a: int, b: int):
+        lo, hi = self.rows
         for s in range(a, b):
             tries, params = draw(view_rng(self.seed, s), self.recipes, self.B)
+            tries, params = tries[lo:hi], params[lo:hi]  # this rank's rows
             if self.files is not None:
                 yield tries, params
             else:
-                index = self.schedule.batch(s, self.B)
+                index = self.schedule.batch(s, self.B)[lo:hi]
                 x = self.images.images[torch.from_numpy(index)].permute(0, 2, 3, 1).contiguous().numpy()  # (B, H, W, C)
                 yield x, index, tries, params
 
@@ -354,15 +371,15 @@ class DaliLoader:
     def _pipeline(self, a: int, b: int):
         files = labels = None
         if self.files is not None:
-            index = self.schedule.positions(a * self.B, (b - a) * self.B)
+            lo, hi = self.rows
+            index = self.schedule.positions(a * self.B, (b - a) * self.B).reshape(b - a, self.B)[:, lo:hi].ravel()
             files = [self.files[i] for i in index]
             labels = [int(i) for i in index]
             for n, i in enumerate(labels):
                 if i in self.bad:
                     files[n], labels[n] = self._placeholder_file(), -1
         pipe = _graph(self._feed(a, b), self.recipes, self.channels, self.gpu, files, labels,
-                      batch_size=self.B, num_threads=self.threads,
-                      device_id=torch.cuda.current_device() if self.gpu else None,
+                      batch_size=self.b, num_threads=self.threads, device_id=self.device_id,
                       seed=int(view_rng(self.seed, a).integers(2**31)))  # unused by the graph; never constant
         names = [f"v{k}" for k in range(len(self.recipes))] + ["index"]
         return DALIGenericIterator([pipe], names)
@@ -397,20 +414,22 @@ class DaliLoader:
         return b
 
     def _batch(self, step: int, out: dict[str, torch.Tensor]) -> Batch:
-        want = self.schedule.batch(step, self.B)  # (B,)
-        got = out["index"].reshape(-1).to(torch.int64).cpu()  # (B,), -1 marks a skipped image
+        lo, hi = self.rows
+        index = torch.from_numpy(self.schedule.batch(step, self.B))  # (B,) the global batch
+        want = index[lo:hi].numpy()  # (b,) this rank's rows
+        got = out["index"].reshape(-1).to(torch.int64).cpu()  # (b,), -1 marks a skipped image
         keep = got >= 0
         expected_keep = torch.from_numpy(np.array([int(i) not in self.bad for i in want]))
         if not torch.equal(keep, expected_keep) or not torch.equal(got[keep], torch.from_numpy(want)[keep]):
             raise RuntimeError(f"DALI returned instance indices {got.tolist()} at step {step}, "
                                f"the scheduler's order is {want.tolist()}")
         skipped = int((~keep).sum())
-        if skipped == self.B:
+        if skipped == self.b:
             raise BadImageError(str(want.tolist()), "every image of the batch failed to decode")
         views = [out[f"v{k}"] for k in range(len(self.recipes))]
-        if skipped:
-            views, got = [v[keep.to(v.device)] for v in views], got[keep]
-        return Batch(views[:self.views], got, step, views[self.views:], skipped)
+        if skipped:  # one process only (build_loader refuses skip with several ranks): the batch shrinks
+            views, index, (lo, hi) = [v[keep.to(v.device)] for v in views], got[keep], (0, int(keep.sum()))
+        return Batch(views[:self.views], index, step, views[self.views:], skipped, rows=(lo, hi))
 
     # ---- bad images
     def _bad_step(self, step: int, end: int, error: Exception) -> None:
@@ -420,8 +439,9 @@ class DaliLoader:
         if self.files is None:
             raise error
         found = {}
+        lo, hi = self.rows
         for s in range(step, min(end, step + READ_AHEAD_STEPS + 1)):
-            for i in self.schedule.batch(s, self.B).tolist():
+            for i in self.schedule.batch(s, self.B)[lo:hi].tolist():
                 if i not in self.bad and i not in found:
                     why = self._why_bad(self.files[i])
                     if why is not None:
@@ -431,7 +451,7 @@ class DaliLoader:
             if found and s == step:
                 break  # the decoder fails at the failing sample's own step: nothing else to look for
         if not found:
-            files = [self.files[i] for i in self.schedule.batch(step, self.B)]
+            files = [self.files[i] for i in self.schedule.batch(step, self.B)[lo:hi]]
             raise RuntimeError(f"DALI failed at step {step} but every file of steps {step}.. decodes alone "
                                f"({files[:4]}...): {_dali_reason(error)}") from error
         self.bad.update(found)

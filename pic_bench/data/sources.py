@@ -1,8 +1,9 @@
 """Image sources: the training instances (index i = instance i) and a labelled test split for evaluation.
 
 Every source yields uint8 tensors (C, H, W). Instance indices are positions in ``train``; for a folder they
-are positions in the sorted file list, which is recorded (``index_digest``) so that a folder whose contents
-changed since indices were assigned is detected rather than silently attaching weights to other images.
+are positions in the sorted file list, which is listed once and cached outside the dataset folder
+(``cached_listing``) and recorded (``index_digest``) so that a folder whose contents changed since indices were
+assigned is detected rather than silently attaching weights to other images.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import gzip
 import hashlib
 import io
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,23 +177,54 @@ def synthetic(cfg: DataConfig, seed: int = 0) -> Source:
 
 def list_folder(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """Sorted image files of an ImageNet-style folder (root/<class>/<image>), their class ids, class names."""
+    return _list(root)[:3]
+
+
+def _list(root: Path) -> tuple[list[str], np.ndarray, list[str], list[str]]:
+    """``list_folder`` and the directories it walked (relative to root, "." for root itself)."""
     if not root.is_dir():
         raise DatasetError(f"image folder not found: {root} (set data.root to an ImageNet-style folder "
                            "with train/<class>/<image> and val/<class>/<image>)")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    files, labels = [], []
+    files, labels, dirs = [], [], ["."]
     for ci, c in enumerate(classes):
         for dirpath, _, names in sorted(os.walk(root / c)):
+            dirs.append(os.path.relpath(dirpath, root))
             for n in sorted(names):
                 if n.lower().endswith(IMAGE_EXTENSIONS):
                     files.append(os.path.join(dirpath, n))
                     labels.append(ci)
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}/<class>/: the folder is empty")
-    return files, np.asarray(labels, dtype=np.int64), classes
+    return files, np.asarray(labels, dtype=np.int64), classes, dirs
+
+
+def relative_paths(files: list[str], root: Path) -> list[str]:
+    """``os.path.relpath(f, root)`` of every file, by cutting the prefix where ``f`` is ``root/<clean path>``
+    (as the listing builds it: 200,000 relpath calls cost seconds); anything else goes through relpath."""
+    prefix = os.path.join(str(root), "")
+    n = len(prefix)
+    out = []
+    for f in files:
+        rest = f[n:]
+        # a clean remainder has no "." / ".." components and no empty ones: relpath would return it unchanged
+        if f.startswith(prefix) and "/." not in "/" + rest and "//" not in rest and rest:
+            out.append(rest)
+        else:
+            out.append(os.path.relpath(f, root))
+    return out
 
 
 def digest_files(files: list[str], root: Path) -> str:
+    """sha256 over the files' paths relative to root, one per line: the index digest rows record."""
+    h = hashlib.sha256()
+    for r in relative_paths(files, root):
+        h.update(r.encode() + b"\n")
+    return h.hexdigest()
+
+
+def digest_files_reference(files: list[str], root: Path) -> str:
+    """The plain reference of ``digest_files`` (one relpath per file)."""
     h = hashlib.sha256()
     for f in files:
         h.update(os.path.relpath(f, root).encode() + b"\n")
@@ -203,14 +237,13 @@ def image_folder(cfg: DataConfig) -> Source:
         raise DatasetError("data.dataset=imagefolder needs data.root=<folder> with train/ and val/ subfolders")
     train_dir = root / "train" if (root / "train").is_dir() else root
     test_dir = root / "val"
-    files, labels, classes = list_folder(train_dir)
     # The whole sorted list is recorded: the instances are a fixed function of it and num_instances.
-    check_index_map(root, files, train_dir, digest_files(files, train_dir))
+    files, labels, classes = cached_listing(train_dir, guard=[root / INDEX_MAP])
     tr = _subset(len(files), cfg.num_instances, 1234)
     files = [files[i] for i in tr]
     labels = labels[tr]
     if test_dir.is_dir():
-        tfiles, tlabels, tclasses = list_folder(test_dir)
+        tfiles, tlabels, tclasses = cached_listing(test_dir, guard=None)
         if tclasses != classes:
             raise DatasetError(f"{test_dir}: class folders differ from {train_dir}")
         te = _subset(len(tfiles), cfg.test_size, 4321)
@@ -222,54 +255,153 @@ def image_folder(cfg: DataConfig) -> Source:
                   digest)
 
 
-INDEX_MAP = ".pic_bench_index.txt"
+# ---- one listing per dataset, kept outside the dataset folder
+#
+# A folder is listed once; its sorted file list (index -> file) goes to ``$PIC_BENCH_CACHE/listing/<key>.txt``
+# (default ``~/.cache/pic_bench``; key: the folder's resolved path) together with the mtimes of its
+# directories. A later load (another rank, a requeued segment, a baseline task) stats those directories and
+# reuses the list when none changed: adding, removing or renaming a file or a class folder changes its
+# directory's mtime. A changed folder is listed again and, for the training split, compared with the recorded
+# list: a different list is refused (instance weights would attach to other images). Directory mtimes tick
+# coarsely (a few ms), so a folder modified within RACY_S seconds of its listing is not trusted next time
+# (git's "racily clean" rule). Nothing is written into the dataset folder; an index map left there by earlier
+# versions (INDEX_MAP) or in the earlier cache (``index/``) is still read as the recorded list.
+
+INDEX_MAP = ".pic_bench_index.txt"  # where earlier versions recorded the list, beside the data (read only)
+LISTING_HEADER = "# pic_bench listing 1"
+RACY_S = 2.0
 
 
-def index_map_paths(root: Path, base: Path) -> list[Path]:
-    """Where the index -> file map of ``base`` may live: beside the data, else in the user's cache."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pic_bench" / "index"
-    key = hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
-    return [root / INDEX_MAP, cache / f"{key}.txt"]
+def cache_dir() -> Path:
+    env = os.environ.get("PIC_BENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pic_bench"
 
 
-def check_index_map(root: Path, files: list[str], base: Path, digest: str) -> None:
-    """Records the sorted file list (index -> file) on first use and refuses a folder whose list changed since.
+def _key(base: Path) -> str:
+    return hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
 
-    The map lives beside the data (``<root>/.pic_bench_index.txt``) when the folder is writable, otherwise in
-    ``~/.cache/pic_bench/index/`` under a key of the folder's absolute path; the digest also goes into rows.
-    """
-    rel = [os.path.relpath(f, base) for f in files]
-    paths = index_map_paths(root, base)
-    for path in paths:
-        if not path.is_file():
-            continue
-        lines = path.read_text().splitlines()
-        if not lines or not lines[0].startswith("# n="):
-            continue
-        recorded = lines[1:]
-        if lines[0] != f"# n={len(rel)}" or recorded != rel:
-            first = next((i for i, (a, b) in enumerate(zip(recorded, rel)) if a != b), min(len(recorded), len(rel)))
-            was = recorded[first] if first < len(recorded) else "(end of list)"
-            now = rel[first] if first < len(rel) else "(end of list)"
-            raise DatasetError(
-                f"{base}: the file list changed since instance indices were assigned (recorded in {path}: "
-                f"{len(recorded)} files, now {len(rel)}; first difference at sorted position {first}: recorded "
-                f"{was!r}, now {now!r}). Instance weights would attach to the wrong images. Restore the folder, "
-                f"or delete {path} to start a fresh index.")
-        return
-    text = f"# n={len(rel)}\n" + "\n".join(rel) + "\n"
-    for path in paths:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+def listing_path(base: Path) -> Path:
+    """The cached listing of folder ``base``."""
+    return cache_dir() / "listing" / f"{_key(base)}.txt"
+
+
+def _stamp(base: Path, dirs: list[str]) -> str | None:
+    """sha256 of the directories' mtimes (ns); None if one is gone or was modified in the last RACY_S s."""
+    h = hashlib.sha256()
+    now = time.time_ns()
+    for d in dirs:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            os.replace(tmp, path)  # atomic: concurrent array tasks never read a half-written map
-            return
+            m = os.stat(os.path.join(base, d)).st_mtime_ns
         except OSError:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            return None
+        if now - m < RACY_S * 1e9:
+            return None
+        h.update(f"{d}\t{m}\n".encode())
+    return h.hexdigest()
+
+
+def _read_listing(path: Path) -> dict | None:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    try:
+        if lines[0] != LISTING_HEADER:
+            return None
+        n_dirs = int(lines[2].removeprefix("# dirs="))
+        dirs = lines[3:3 + n_dirs]
+        at = 3 + n_dirs
+        n_classes = int(lines[at].removeprefix("# classes="))
+        classes = lines[at + 1:at + 1 + n_classes]
+        at += 1 + n_classes
+        n = int(lines[at].removeprefix("# n="))
+        rel = lines[at + 1:at + 1 + n]
+        if len(rel) != n:
+            return None
+        return {"stamp": lines[1].removeprefix("# stamp="), "dirs": dirs, "classes": classes, "rel": rel}
+    except (IndexError, ValueError):
+        return None  # a damaged cache file is listed again, never trusted
+
+
+def _read_index_map(path: Path) -> list[str] | None:
+    """An index map of earlier versions: ``# n=<count>`` then the relative paths."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    if not lines or not lines[0].startswith("# n="):
+        return None
+    return lines[1:]
+
+
+def _write_listing(path: Path, stamp: str, dirs: list[str], classes: list[str], rel: list[str]) -> None:
+    text = "\n".join([LISTING_HEADER, f"# stamp={stamp}", f"# dirs={len(dirs)}", *dirs,
+                      f"# classes={len(classes)}", *classes, f"# n={len(rel)}", *rel]) + "\n"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written listing
+    except OSError as e:
+        print(f"warning: cannot write the listing cache {path} ({e.strerror or e}); the folder will be listed "
+              f"again by every load (set PIC_BENCH_CACHE to a writable folder)", file=sys.stderr)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _refuse_changed(base: Path, recorded: list[str], rel: list[str], path: Path) -> None:
+    if recorded == rel:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(recorded, rel)) if a != b), min(len(recorded), len(rel)))
+    was = recorded[first] if first < len(recorded) else "(end of list)"
+    now = rel[first] if first < len(rel) else "(end of list)"
+    raise DatasetError(
+        f"{base}: the file list changed since instance indices were assigned (recorded in {path}: "
+        f"{len(recorded)} files, now {len(rel)}; first difference at sorted position {first}: recorded "
+        f"{was!r}, now {now!r}). Instance weights would attach to the wrong images. Restore the folder, "
+        f"or delete {path} to start a fresh index.")
+
+
+def cached_listing(base: Path, guard: list[Path] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """``list_folder(base)``, listed once and cached outside the folder (see above).
+
+    Args:
+        base: the folder (root/<class>/<image>).
+        guard: None: a changed folder is simply listed again (the evaluation split). Otherwise the folder's
+            list is the instance index and a changed list is refused; ``guard`` names earlier versions' index
+            maps to honour when the cache has none.
+    Returns:
+        (files, labels, classes) as ``list_folder``: files joined to ``base`` as given.
+    """
+    path = listing_path(base)
+    cached = _read_listing(path)
+    if cached is not None and cached["stamp"] == _stamp(base, cached["dirs"]):
+        index = {c: i for i, c in enumerate(cached["classes"])}
+        prefix = os.path.join(str(base), "")
+        files = [prefix + r for r in cached["rel"]]  # os.path.join(base, r), as the listing joined them
+        labels = np.fromiter((index[r.split("/", 1)[0]] for r in cached["rel"]), np.int64, len(files))
+        return files, labels, cached["classes"]
+    files, labels, classes, dirs = _list(base)
+    rel = relative_paths(files, base)
+    if guard is not None:
+        if cached is not None:
+            _refuse_changed(base, cached["rel"], rel, path)
+        else:
+            legacy = cache_dir() / "index" / f"{_key(base)}.txt"
+            for old in [*guard, legacy]:
+                recorded = _read_index_map(old)
+                if recorded is not None:
+                    _refuse_changed(base, recorded, rel, old)
+                    break
+    # a folder modified too recently (or while it was listed) is not trusted: the next load lists it again
+    stamp = _stamp(base, dirs) or "racy"
+    _write_listing(path, stamp, dirs, classes, rel)
+    return files, labels, classes
 
 
 def load_source(cfg: DataConfig, seed: int = 0) -> Source:
