@@ -274,7 +274,7 @@ def test_reference_is_shown_beside_a_cell_that_ran_its_setting(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- plots
-def test_accuracy_plot_follows_the_numeric_axis(tmp_path):
+def test_accuracy_plot_follows_only_a_swept_numeric_axis(tmp_path):
     rows = []
     for s in range(2):
         for D, S in ((1024, 128), (1024, 512), (4096, 128)):
@@ -288,8 +288,12 @@ def test_accuracy_plot_follows_the_numeric_axis(tmp_path):
     from pic_bench.plots import varied_keys
 
     table, _ = tables.aggregate(rows, {"pic.scheduler": "sliding"})
+    # D is set by some cells only (the schedulers leave it at the preset's): arms, not an axis to draw a line on
     x, series = varied_keys([t for t in table if t["kind"] == "pic"])
-    assert x == "pic.D" and set(series) == {"pic.S", "pic.scheduler"}
+    assert x is None and set(series) == {"pic.D", "pic.S", "pic.scheduler"}
+    # a grid that sets D in every cell is an axis
+    grid, _ = tables.aggregate([r for r in rows if "pic.D" in r["cell"]], None)
+    assert varied_keys(grid) == ("pic.D", ["pic.S"])
 
 
 def test_analysis_tables_and_plots(tmp_path):
