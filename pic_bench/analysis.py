@@ -76,7 +76,7 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
                                   if isinstance(v, float) and k in SUMMARY_KEYS), file=sys.stderr)
     from .tables import build_table
 
-    print(build_table(abl.name, results_dir, preset=preset, write=True))
+    print(build_table(Path(abl.path), results_dir, preset=preset, write=True))  # the file: its default cell
     return 1 if failed else 0
 
 

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     run_local(tasks, quiet=args.quiet)
     from .tables import build_table
 
-    print(build_table(abl.name, Path(args.results), preset=preset, write=True))
+    # the file itself, not its name: a file outside ablations/ still gives its default cell and Δ
+    print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
     return 0
 
 
