@@ -531,3 +531,12 @@ def test_scaling_points_of_two_cpu_capabilities_are_kept_apart(tmp_path):
     assert md.count("## preset `small` on cpu: test machine, CPU capability") == 2
     # each speed-up is against its own machine's full softmax (8 / 8 and 4 / 4), never across them (8 / 4)
     assert all(x.rstrip().endswith("| 1.0 |") for x in md.splitlines() if x.startswith("| recent K="))
+
+
+def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
+    from pic_bench import status
+
+    path = outside_ablation(tmp_path)
+    write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
+    assert status.main([str(path), "--results", str(tmp_path / "res")]) == 0
+    assert "+2.00 ± 2.48 (n=3)" in line_starting(capsys.readouterr().out, "| pic.K=256 |")
