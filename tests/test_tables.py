@@ -540,3 +540,20 @@ def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
     write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
     assert status.main([str(path), "--results", str(tmp_path / "res")]) == 0
     assert "+2.00 ± 2.48 (n=3)" in line_starting(capsys.readouterr().out, "| pic.K=256 |")
+
+
+def test_each_preset_says_which_default_its_change_is_against(tmp_path):
+    """epochs.yaml compares small cells with 5 epochs and paper cells with 200: each section says its own."""
+    rows = [make("epochs", {"optim.epochs": e}, s, 70.0 + e / 10, 60.0) for e in (2, 5) for s in range(2)]
+    rows += [make("epochs", {"optim.epochs": e}, s, 60.0 + e / 100, 50.0, preset="paper", derived={"N": 1000})
+             for e in (200, 400) for s in range(2)]
+    write_rows(tmp_path, "epochs", rows)
+    md = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False)
+    assert "Δ: against each preset's own default cell, said in its sections." in md
+    paper = md.split("## preset `paper`")[1].split("## preset")[0]
+    small = md.split("## preset `small`")[1].split("## preset")[0]
+    assert "change against the default cell (optim.epochs=200)" in paper and "optim.epochs=5)" not in paper
+    assert "change against the default cell (optim.epochs=5)" in small
+    assert "+2.00 ± 0.00 (n=2)" in line_starting(paper, "| optim.epochs=400 |")  # against 200, not 5
+    only_paper = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False, preset="paper")
+    assert "Δ: change against the default cell (optim.epochs=200)" in only_paper.split("## preset")[0]
