@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .config import Ablation, Config, apply, config_hash
+from .memory import PeakMemory
 from .results import append_row, has_row, make_row
 from .window import Schedule, make_schedule
 
@@ -75,7 +76,7 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
                                   if isinstance(v, float) and k in SUMMARY_KEYS), file=sys.stderr)
     from .tables import build_table
 
-    print(build_table(abl.name, results_dir, preset=preset, write=True))
+    print(build_table(Path(abl.path), results_dir, preset=preset, write=True))  # the file: its default cell
     return 1 if failed else 0
 
 
@@ -229,58 +230,6 @@ def memory_available(device: torch.device) -> float:
         return float(re.search(r"MemAvailable:\s+(\d+)", text).group(1)) * 1024
     except (OSError, AttributeError):
         return float("inf")
-
-
-def _malloc_trim() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory above a baseline: CUDA max allocated, or on Linux CPUs the peak RSS (VmHWM) after resetting it
-    through /proc/self/clear_refs. ``kind`` says which, or 'unavailable' (values are then nan)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
-        if device.type != "cuda" and not self._reset_rss():
-            self.kind = "unavailable"
-
-    @staticmethod
-    def _status(field: str) -> float:
-        m = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
-        return float(m.group(1)) * 1024
-
-    def _reset_rss(self) -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            return True
-        except OSError:
-            return False
-
-    def start(self) -> None:
-        gc.collect()
-        _malloc_trim()  # hand freed heap pages back, so the baseline RSS is what is live now
-        if self.kind == "cuda_max_allocated":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = float(torch.cuda.memory_allocated(self.device))
-        elif self.kind == "cpu_peak_rss":
-            self._reset_rss()
-            self.base = self._status("VmRSS")
-
-    def peak_mib(self) -> float:
-        if self.kind == "cuda_max_allocated":
-            torch.cuda.synchronize(self.device)
-            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        if self.kind == "cpu_peak_rss":
-            return (self._status("VmHWM") - self.base) / 2**20
-        return float("nan")
 
 
 def _time(step: Callable[[], None], device: torch.device, warmup: int = 2, min_repeats: int = 3,

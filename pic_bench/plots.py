@@ -2,12 +2,13 @@
 
     python -m pic_bench.tables          # regenerates every table and its plots under results/tables/
 
-- training ablations: kNN and linear top-1 (mean +- std over seeds) against the first numeric setting that the
-  ablation varies (K, D, epochs, tau, ...), one line per combination of the other varied settings; a setting
-  measured at a single point (the epoch and official schedulers against D) is a dashed horizontal line, the
-  baselines dotted grey lines. ``pic.K = 0`` (all instances) is drawn at K = N.
+- training ablations: kNN and linear top-1 (mean, error bars the std over seeds) against the numeric setting
+  the ablation sweeps (K, epochs, tau, ...), one line per combination of the other varied settings; where no
+  numeric setting is swept (the components' arms, the schedulers), one point per arm and no lines. Lines join
+  only points along a swept axis. The baselines are dotted grey lines; one legend serves both panels.
+  ``pic.K = 0`` (all instances) is drawn at K = N.
 - scaling: head and whole-step time, and peak memory beyond w and u (the working memory; w and u themselves
-  as a dotted line), against N, log-log, one line per arm.
+  as a dotted line), against N, log-log, one line per arm; the legend below the panels.
 - visit_distance: histograms of the distance between consecutive visits of an instance, log-binned, one panel
   per (N, D, S), one line per scheduler, with D and N marked.
 
@@ -38,10 +39,13 @@ def _numeric(v: Any) -> bool:
 
 
 def varied_keys(table: list[dict[str, Any]]) -> tuple[str | None, list[str]]:
-    """(x key, series keys): the first numeric setting that varies across the PIC cells, and the other varied ones.
+    """(x key, series keys): the numeric setting swept across the PIC cells, and the other varied ones.
 
-    Keys are the cells' override keys in order of first appearance; values come from each row's resolved config,
-    so a cell that leaves a key at the preset's value still has a position on that axis.
+    A swept axis is a numeric key that every cell sets (a ``sweep``, or cells that all name it) and that takes
+    more than one value; a key that only some cells set is an arm's setting (``model.pool: 1`` among the
+    components), not an axis, and joining it to the others' value with a line would draw a trend that was never
+    measured. Keys are the cells' override keys in order of first appearance; values come from each row's
+    resolved config.
     """
     keys: list[str] = []
     for t in table:
@@ -49,10 +53,11 @@ def varied_keys(table: list[dict[str, Any]]) -> tuple[str | None, list[str]]:
             if k not in keys:
                 keys.append(k)
     varied = [k for k in keys if len({repr(config_value(t["config"], k)) for t in table}) > 1]
-    numeric = [k for k in varied if all(_numeric(config_value(t["config"], k)) for t in table)]
-    if not numeric:
+    swept = [k for k in varied if all(k in t["cell_dict"] for t in table)
+             and all(_numeric(config_value(t["config"], k)) for t in table)]
+    if not swept:
         return None, varied
-    x = numeric[0]
+    x = swept[0]
     return x, [k for k in varied if k != x]
 
 
@@ -70,56 +75,96 @@ def _tick(v: float, key: str, table: list[dict[str, Any]]) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, **SAVE)
     plt.close(fig)
 
 
-def accuracy_plot(name: str, title: str, table: list[dict[str, Any]], path: Path) -> bool:
-    """Accuracy against the ablation's numeric axis; False (nothing written) when it varies none."""
+ERROR_BARS = "error bars: std over seeds (none at n = 1)"
+
+
+def accuracy_figure_kind(table: list[dict[str, Any]]) -> str | None:
+    """'numeric' (lines along a swept numeric setting), 'categorical' (one point per arm, no lines) or None
+    (fewer than two PIC cells: nothing to compare, no figure)."""
     pic = [t for t in table if t["kind"] == "pic"]
     if len(pic) < 2:
-        return False
-    xkey, series_keys = varied_keys(pic)
-    if xkey is None:
-        return False
-    series: dict[str, list[dict[str, Any]]] = {}
-    for t in pic:
-        label = ", ".join(f"{k}={config_value(t['config'], k)}" for k in series_keys) or "PIC"
-        series.setdefault(label, []).append(t)
-    xs_all = [_x(t, xkey) for t in pic if np.isfinite(_x(t, xkey))]
-    log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        return None
+    return "numeric" if varied_keys(pic)[0] is not None else "categorical"
+
+
+def _arm_label(t: dict[str, Any]) -> str:
+    return (t["cell"] if t["cell_dict"] else "default") + (" (default)" if t.get("is_default") and t["cell_dict"]
+                                                           else "")
+
+
+def accuracy_figure(title: str, table: list[dict[str, Any]]):
+    """The accuracy figure of one table section (kNN and linear top-1, mean +- std over seeds), or None.
+
+    Along a swept numeric setting, one line per combination of the other varied settings (a combination with a
+    single point is a point); categorical arms are points with error bars at their own x position, no lines.
+    The baselines are grey horizontal lines (a level to compare every arm with). One legend for both panels.
+    """
+    kind = accuracy_figure_kind(table)
+    if kind is None:
+        return None
+    pic = [t for t in table if t["kind"] == "pic"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
+    if kind == "numeric":
+        xkey, series_keys = varied_keys(pic)
+        series: dict[str, list[dict[str, Any]]] = {}
+        for t in pic:
+            label = ", ".join(f"{k}={config_value(t['config'], k)}" for k in series_keys) or "PIC"
+            series.setdefault(label, []).append(t)
+        xs_all = [_x(t, xkey) for t in pic if np.isfinite(_x(t, xkey))]
+        log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
     for ax, metric, mname in zip(axes, ("knn_top1", "linear_top1"), ("kNN top-1 (%)", "linear top-1 (%)")):
-        for i, (label, ts) in enumerate(series.items()):
-            ts = sorted(ts, key=lambda t: _x(t, xkey))
-            xs = np.array([_x(t, xkey) for t in ts])
-            shift = (i - (len(series) - 1) / 2) * 0.025  # dodge series apart so overlapping error bars show
+        if kind == "numeric":
             span = (max(xs_all) - min(xs_all)) if xs_all else 0.0
-            xs = xs * (1 + shift) if log else xs + shift * span
-            ys = np.array([t[metric + "_mean"] for t in ts])
-            es = np.array([0.0 if np.isnan(t[metric + "_std"]) else t[metric + "_std"] for t in ts])
-            color = f"C{i}"
-            if len(ts) == 1 and len(pic) > 1 and series_keys:
-                ax.axhline(ys[0], color=color, ls="--", lw=1.2, label=f"{label} (one setting)")
-                ax.errorbar(xs, ys, yerr=es, fmt="o", color=color, capsize=3)
-            else:
-                ax.errorbar(xs, ys, yerr=es, fmt="-o", color=color, capsize=3, label=label)
-        for j, kind in enumerate(sorted({t["kind"] for t in table if t["kind"] != "pic"})):
-            vals = [t[metric + "_mean"] for t in table if t["kind"] == kind]
+            for i, (label, ts) in enumerate(series.items()):
+                ts = sorted(ts, key=lambda t: _x(t, xkey))
+                xs = np.array([_x(t, xkey) for t in ts])
+                shift = (i - (len(series) - 1) / 2) * 0.025  # dodge series apart so overlapping error bars show
+                xs = xs * (1 + shift) if log else xs + shift * span
+                ys = np.array([t[metric + "_mean"] for t in ts])
+                es = np.array([0.0 if np.isnan(t[metric + "_std"]) else t[metric + "_std"] for t in ts])
+                ax.errorbar(xs, ys, yerr=es, fmt="-o" if len(ts) > 1 else "o", color=f"C{i}", capsize=3,
+                            label=label)
+            if log:
+                ax.set_xscale("log")
+            ticks = sorted(set(xs_all))
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([_tick(v, xkey, pic) for v in ticks], fontsize=7)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel(xkey + (" (0 = all: drawn at N)" if xkey == "pic.K" else ""))
+        else:
+            for i, t in enumerate(pic):
+                std = t[metric + "_std"]
+                ax.errorbar([i], [t[metric + "_mean"]], yerr=[0.0 if np.isnan(std) else std], fmt="o",
+                            color="C0", capsize=3, label="PIC" if i == 0 else None)
+            ax.set_xticks(range(len(pic)))
+            ax.set_xticklabels([_arm_label(t) for t in pic], fontsize=7, rotation=20, ha="right")
+            ax.set_xlim(-0.5, len(pic) - 0.5)
+            ax.set_xlabel("arm (each a separate setting; no trend between them)")
+        for j, base in enumerate(sorted({t["kind"] for t in table if t["kind"] != "pic"})):
+            vals = [t[metric + "_mean"] for t in table if t["kind"] == base]
             ax.axhline(float(np.mean(vals)), color="0.5", ls=":" if j == 0 else "-.", lw=1,
-                       label=kind.replace("baseline_", "baseline: "))
-        if log:
-            ax.set_xscale("log")
-        ticks = sorted(set(xs_all))
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([_tick(v, xkey, pic) for v in ticks], fontsize=7)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xkey + (" (0 = all: drawn at N)" if xkey == "pic.K" else ""))
-        ax.set_ylabel(mname)
+                       label=base.replace("baseline_", "baseline: "))
+        ax.set_ylabel(f"{mname}\n{ERROR_BARS}", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("baseline"))  # PIC first, then baselines
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center",
+               ncol=min(len(labels), 4), fontsize=7)
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def accuracy_plot(name: str, title: str, table: list[dict[str, Any]], path: Path) -> bool:
+    """Writes ``accuracy_figure`` to ``path``; False (nothing written) when there is no figure."""
+    fig = accuracy_figure(title, table)
+    if fig is None:
+        return False
     _save(fig, path)
     return True
 
@@ -129,14 +174,15 @@ def _extra(p: dict[str, Any], part: str) -> float:
     return p.get(f"{part}_extra_mib", p[f"{part}_peak_mib"] - p["state_mib"])
 
 
-def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
-    """Step time and peak memory against N, log-log; ``points`` are ok scaling rows' table entries."""
+def scaling_figure(title: str, points: list[dict[str, Any]]):
+    """Step time and peak memory against N, log-log, or None; ``points`` are ok scaling rows' table entries.
+    One legend for both panels, below them, so that it covers no point."""
     if not points:
-        return False
+        return None
     arms: dict[str, list[dict[str, Any]]] = {}
     for p in sorted(points, key=lambda p: (p["arm"].startswith("recent"), "dense" not in p["arm"], p["arm"])):
         arms.setdefault(p["arm"], []).append(p)
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 5.2), layout="constrained")
     for i, (arm, ps) in enumerate(arms.items()):
         ps = sorted(ps, key=lambda p: p["N"])
         n = [p["N"] for p in ps]
@@ -147,14 +193,24 @@ def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
         ax_m.plot(n, [_extra(p, "step") for p in ps], "--s", color=color, label=f"{arm}: whole step")
     state = sorted({(p["N"], p["state_mib"]) for p in points})
     ax_m.plot([s[0] for s in state], [s[1] for s in state], ":", color="0.4", label="w and u (state)")
-    for ax, ylabel in ((ax_t, "step time (ms, median)"), (ax_m, "peak memory beyond w and u (MiB)")):
+    for ax, ylabel in ((ax_t, "step time (ms, median over timed steps)"),
+                       (ax_m, "peak memory beyond w and u (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("N (instances)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
+    handles, labels = ax_m.get_legend_handles_labels()  # the memory panel has every line, the state's too
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7)
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def scaling_plot(title: str, points: list[dict[str, Any]], path: Path) -> bool:
+    """Writes ``scaling_figure`` to ``path``; False when there are no points."""
+    fig = scaling_figure(title, points)
+    if fig is None:
+        return False
     _save(fig, path)
     return True
 

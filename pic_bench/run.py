@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .tables import build_table
 
-    print(build_table(abl.name, Path(args.results), preset=preset, write=True))
+    # the file itself, not its name: a file outside ablations/ still gives its default cell and Δ
+    print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
     if Path(args.results).resolve() != Path(compare.COMMITTED).resolve():
         keys = {(t.kind, t.preset, config_hash(t.cfg), t.cfg.run.seed) for t in tasks}
         text = compare.report(abl.name, Path(args.results), keys)

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     from .tables import build_table
 
-    print(build_table(name, results, preset=preset, write=True))
+    print(build_table(abl if abl is not None else name, results, preset=preset, write=True))  # Δ: its file
     return 0
 
 

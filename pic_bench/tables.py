@@ -3,15 +3,26 @@
     python -m pic_bench.tables                      # every ablation with rows under results/rows/
     python -m pic_bench.tables negatives_k          # one ablation
     python -m pic_bench.tables --results /tmp/res   # another results folder
+    python -m pic_bench.tables /path/to/x.yaml      # the ablation of any file, by its `name`
 
 Writes ``<results>/tables/<ablation>.md``, ``.csv`` and ``.tex``, and PNG plots beside them (``pic_bench.plots``).
+An ablation given as a file is found by the file's ``name`` (its rows in ``<results>/rows/<name>.jsonl``) and
+compared with the file's default cell; a bare name is looked up as ``ablations/<name>.yaml``. A name without
+rows, or a file that does not exist, is an ``error:`` line and exit code 2, before anything is written.
+
 The same rows always give the same table bytes.
 
 Training ablations: one table row per (preset, device, kind, cell, config): mean +- std over seeds with n and the
 individual values, the change against the ablation's default cell with a 95% confidence interval from seeds
 paired with the default's, step time, throughput and peak memory, and the published reference beside our value
-where the setting matches it (``pic_bench.reference``). Rows from different presets or devices are never averaged
-together; rows that share a cell but differ in config hash are reported and kept apart; malformed lines and failed
+where the setting matches it (``pic_bench.reference``). Rows are averaged, and compared, only within one section:
+the same preset, device, CPU capability (``row["machine"]["cpu_capability"]``; rows without it are "unrecorded",
+a section of their own) and dataset digest (``row["data"]["digest"]``, or ``derived.index_digest`` in older
+rows), because the same config and seed give other numbers on another machine (issue 13) and on other data. Each
+section names its dataset, N and image size; the smoke preset's says it is a plumbing check. Cells that are the
+same run in effect (K >= N: both use all N instances, e.g. K = 512 and K = 2048 at N = 256) are flagged with ‡;
+where rows record |U| per step (``metrics.U_mean``), a cell's label shows the mean |U| beside its nominal K.
+Rows that share a cell but differ in config hash are reported and kept apart; malformed lines and failed
 runs are listed with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``,
 see ``pic_bench.analysis``) get their own layout.
 
@@ -26,6 +37,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -44,6 +56,36 @@ METRICS = ("knn_top1", "linear_top1")
 COST = ("step_ms_median", "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss")
 ANALYSIS_KINDS = ("visit_distance", "scaling")
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
+
+
+UNRECORDED = "unrecorded"
+SECTION = ("preset", "device", "cpu_capability", "digest")  # what a table never averages or compares across
+
+
+class TableError(ValueError):
+    """No table can be built: an ablation without rows, a file that does not exist, a name that is not a file
+    name. The message names it; ``main`` prints it as one ``error:`` line and exits 2."""
+
+
+def capability_of(r: dict[str, Any]) -> str:
+    """torch's CPU capability the row was computed with (helper D's ``row["machine"]``), or 'unrecorded'."""
+    return str((r.get("machine") or {}).get("cpu_capability") or UNRECORDED)
+
+
+def digest_of(r: dict[str, Any]) -> str:
+    """The digest of the instance list the row trained on (``row["data"]``, else the older ``derived``)."""
+    return str((r.get("data") or {}).get("digest") or (r.get("derived") or {}).get("index_digest") or UNRECORDED)
+
+
+def data_of(r: dict[str, Any]) -> tuple[str, Any, Any]:
+    """(dataset, N, image size) of a row: ``row["data"]`` where written, else its config and derived values."""
+    data, cfg = r.get("data") or {}, (r.get("config") or {}).get("data") or {}
+    return (str(data.get("dataset", cfg.get("dataset", "?"))), data.get("N", (r.get("derived") or {}).get("N")),
+            data.get("image_size", cfg.get("image_size")))
+
+
+def section_of(t: dict[str, Any]) -> tuple:
+    return tuple(t[k] for k in SECTION)
 
 
 def t975(df: int) -> float:
@@ -103,17 +145,17 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
         if r.get("status") != "ok":
             continue
         label = cell_label(r.get("cell") or {})
-        base = (r["preset"], r.get("device", "?"), r.get("kind", "pic"), label)
+        base = (r["preset"], r.get("device", "?"), capability_of(r), digest_of(r), r.get("kind", "pic"), label)
         hashes[base].add(r["config_hash"])
         groups[base + (r["config_hash"],)].append(r)
     for base, hs in sorted(hashes.items()):
         if len(hs) > 1:
-            warnings.append(f"cell '{base[3]}' ({base[2]}, preset {base[0]}, {base[1]}) has rows with "
+            warnings.append(f"cell '{base[5]}' ({base[4]}, preset {base[0]}, {base[1]}) has rows with "
                             f"{len(hs)} different configs ({', '.join(sorted(hs))}): reported apart, not averaged")
     out = []
     per_seed: dict[tuple, dict[str, dict[int, float]]] = {}
     for key in sorted(groups):
-        preset, dev, kind, label, chash = key
+        preset, dev, cap, digest, kind, label, chash = key
         seen: dict[int, dict] = {}
         for r in groups[key]:  # one row per seed: the last one in file order wins (duplicates are reported)
             if r["seed"] in seen:
@@ -121,9 +163,13 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
                                 "row; the last is used")
             seen[r["seed"]] = r
         rs = [seen[s] for s in sorted(seen)]
-        t = {"preset": preset, "device": dev, "kind": kind, "cell": label, "config_hash": chash, "n": len(rs),
+        dataset, N, size = data_of(rs[0])
+        t = {"preset": preset, "device": dev, "cpu_capability": cap, "digest": digest, "dataset": dataset, "N": N,
+             "image_size": size, "kind": kind, "cell": label, "config_hash": chash, "n": len(rs),
              "seeds": [r["seed"] for r in rs], "cell_dict": rs[0].get("cell") or {}, "config": rs[0]["config"],
-             "derived": rs[0].get("derived") or {}, "split": len(hashes[key[:4]]) > 1}
+             "derived": rs[0].get("derived") or {}, "split": len(hashes[key[:6]]) > 1, "same_run": []}
+        u = [r["metrics"]["U_mean"] for r in rs if "U_mean" in r["metrics"]]
+        t["U_mean"] = float(np.mean(u)) if u else float("nan")
         for m in METRICS:
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             t[m] = vals
@@ -134,14 +180,27 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
         per_seed[key] = {m: {r["seed"]: r["metrics"][m] for r in rs if m in r["metrics"]} for m in METRICS}
         out.append(t)
     _pair_with_default(out, per_seed, default_cell, warnings)
+    _flag_same_runs(out)
     order = {repr(sorted(c.items())): i for i, c in enumerate(cell_order or [])}
-    out.sort(key=lambda t: (t["preset"], t["device"], t["kind"] != "pic", t["kind"],
+    out.sort(key=lambda t: (section_of(t), t["kind"] != "pic", t["kind"],
                             order.get(repr(sorted(t["cell_dict"].items())), len(order)), _order(t), t["config_hash"]))
     return out, warnings
 
 
 def _key(t: dict[str, Any]) -> tuple:
-    return (t["preset"], t["device"], t["kind"], t["cell"], t["config_hash"])
+    return section_of(t) + (t["kind"], t["cell"], t["config_hash"])
+
+
+def _flag_same_runs(table: list[dict[str, Any]]) -> None:
+    """Sets ``same_run`` (the labels of the cells it shares its run with) on PIC cells that are the same run in
+    effect: K >= N, so each uses all N instances, and their configs differ in nothing but the nominal K."""
+    full = [t for t in table if t["kind"] == "pic" and isinstance(t["N"], int)
+            and (t["config"].get("pic") or {}).get("K", 0) >= t["N"] > 0]
+    for t in full:
+        group = [o for o in full if section_of(o) == section_of(t)
+                 and not config_difference(t["config"], o["config"], {"pic.K"})]
+        if len(group) > 1:
+            t["same_run"] = [o["cell"] for o in sorted(group, key=lambda o: o["config"]["pic"]["K"])]
 
 
 def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell: dict[str, Any] | None,
@@ -157,7 +216,7 @@ def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell
     for t in table:
         if t["kind"] != "pic":
             continue
-        peers = [r for r in table if (r["preset"], r["device"], r["kind"]) == (t["preset"], t["device"], "pic")]
+        peers = [r for r in table if section_of(r) == section_of(t) and r["kind"] == "pic"]
         exact = [r for r in peers if _same(r["cell_dict"], default_cell)]
         if exact:
             want = default_cell
@@ -167,8 +226,8 @@ def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell
                 continue
         refs = [r for r in peers if _same(r["cell_dict"], want)]
         if len(refs) != 1:
-            if len(refs) > 1 and (t["preset"], t["device"], cell_label(want)) not in warned:
-                warned.add((t["preset"], t["device"], cell_label(want)))
+            if len(refs) > 1 and section_of(t) + (cell_label(want),) not in warned:
+                warned.add(section_of(t) + (cell_label(want),))
                 warnings.append(f"default cell '{cell_label(want)}' (preset {t['preset']}) has {len(refs)} configs: "
                                 "no change against it is computed")
             continue
@@ -217,7 +276,20 @@ def _delta(t: dict[str, Any], m: str) -> str:
 
 def _label(t: dict[str, Any]) -> str:
     split = f" [config {t['config_hash']}]" if t.get("split") else ""
-    return f"{t['cell']}{' (default)' if t.get('is_default') else ''}{split}"
+    same = " ‡" if t.get("same_run") else ""
+    u = t.get("U_mean", float("nan"))
+    u = "" if math.isnan(u) else f" · mean |U| {u:,.1f}"
+    return f"{t['cell']}{' (default)' if t.get('is_default') else ''}{same}{u}{split}"
+
+
+def _md(text: str) -> str:
+    """Text inside a markdown table cell: a '|' (as in |U|) would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _pm(mean: float, std: float) -> str:
+    """mean ± std, or the value alone where one seed leaves no spread (the n column says so)."""
+    return _fmt(mean) if math.isnan(std) else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
 def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference] | None = None) -> list[str]:
@@ -234,8 +306,8 @@ def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference]
                   "|---|---|---|---|---|---|---|"]
         for t, r in matched:
             diff = t["linear_top1_mean"] - r.top1
-            lines.append(f"| {t['preset']} | {_label(t)} | {t['n']} | {_fmt(t['linear_top1_mean'])} ± "
-                         f"{_fmt(t['linear_top1_std'])} | {r.top1:.1f} | {diff:+.2f} | {r.method}, {r.epochs} epochs |")
+            lines.append(f"| {t['preset']} | {_md(_label(t))} | {t['n']} | "
+                         f"{_pm(t['linear_top1_mean'], t['linear_top1_std'])} | {r.top1:.1f} | {diff:+.2f} | {r.method}, {r.epochs} epochs |")
         return lines + [""]
     lines += [f"Reference: ImageNet-1K ResNet-50 linear-probe numbers from {reference.SOURCE}, listed for context "
               "only: no matching setting reproduced here (theirs: ImageNet-1K, ResNet-50, multi-crop, the official "
@@ -245,40 +317,79 @@ def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference]
     return lines + [""]
 
 
-def default_note(table: list[dict[str, Any]], default_cell: dict[str, Any] | None) -> str:
-    """What Δ is measured against, in words."""
+PAIRED = "mean of per-seed differences ± 95% t half-width (seeds paired, n pairs)"
+
+
+def default_note(name: str, table: list[dict[str, Any]], default_cell: dict[str, Any] | None,
+                 abl=None) -> str:
+    """The sentence saying what Δ is measured against, or why it is not computed."""
     if default_cell is None:
-        return "no default cell known (no ablation file), so no change is computed"
+        return (f"Δ: not computed: no ablation file named {name} was found (ablations/{name}.yaml); give the "
+                f"file's path to compare with its default cell: `python -m pic_bench.tables path/to/file.yaml`.")
     if any(_same(t["cell_dict"], default_cell) for t in table if t["kind"] == "pic"):
-        return f"change against the default cell ({cell_label(default_cell)})"
-    return f"change against the same cell with {cell_label(default_cell)}"
+        return f"Δ: change against the default cell ({cell_label(default_cell)}), {PAIRED}."
+    if not default_cell:
+        return f"Δ: not computed: {abl.path if abl is not None else name} names no default_cell."
+    return f"Δ: change against the same cell with {cell_label(default_cell)}, {PAIRED}."
+
+
+def _section_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """What a section ran: its dataset, N, image size and data digest; for smoke, that it is a plumbing check."""
+    def values(key: str, fmt) -> str:
+        vs = sorted({t[key] for t in ts if t[key] is not None}, key=str)
+        return " / ".join(fmt(v) for v in vs) if vs else "?"
+
+    n = values("N", lambda v: f"{v:,}" if isinstance(v, int) else str(v))
+    px = values("image_size", str)
+    digest = ts[0]["digest"]
+    lines = [f"Data: {values('dataset', str)}, N = {n} training images at {px} px; instance list digest "
+             + (f"`{digest[:12]}`." if digest != UNRECORDED else "unrecorded."), ""]
+    if ts[0]["preset"] == "smoke":
+        lines += [f"**A plumbing check**: the smoke preset takes {n} images at {px} px and a few steps to check "
+                  "that every part runs end to end; its numbers mean nothing about PIC.", ""]
+    return lines
+
+
+def _same_run_lines(ts: list[dict[str, Any]]) -> list[str]:
+    groups = sorted({tuple(t["same_run"]) for t in ts if t["same_run"]})
+    return [f"‡ the same run in effect: {', '.join(g)} (K ≥ N = "
+            f"{next(t['N'] for t in ts if t['cell'] == g[0]):,}: each uses all N instances, and their configs "
+            "differ in nothing but the nominal K)." for g in groups] + ([""] if groups else [])
 
 
 def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], problems: list[str],
-                reference: list[str] | None = None, plots: dict[tuple[str, str], str] | None = None,
-                default: str = "change against the default cell") -> str:
+                reference: list[str] | None = None, plots: dict[tuple, str] | None = None,
+                default: str | dict[str, str] = f"Δ: change against the default cell, {PAIRED}.") -> str:
+    """The markdown table. ``default``: the sentence saying what Δ is measured against, or one per preset (said
+    in each preset's sections where the presets differ)."""
+    per_preset = default if isinstance(default, dict) else {}
+    if per_preset:
+        said = {per_preset.get(t["preset"]) for t in table}
+        default = said.pop() if len(said) == 1 else "Δ: against each preset's own default cell, said in its sections."
     lines = [f"# {name}", "", "Generated by `python -m pic_bench.tables` from `results/rows/"
              f"{name}.jsonl`; do not edit. Accuracy: mean ± std over seeds (n; the values, in seed order). "
-             f"Δ: {default}, mean of per-seed differences ± 95% t half-width (seeds paired, n "
-             "pairs). Step time: median over seeds of each run's median step (ms, compute only; p90 in brackets). "
+             f"{default} Rows are averaged and compared only within a section (one preset, device, CPU "
+             "capability and dataset). Step time: median over seeds of each run's median step (ms, compute only; p90 in brackets). "
              "Memory: peak CPU RSS of the process or CUDA max allocated (MiB).", ""]
-    for (preset, dev) in sorted({(t["preset"], t["device"]) for t in table}):
-        lines += [f"## preset `{preset}` on {dev}", "",
+    for section in sorted({section_of(t) for t in table}):
+        preset, dev, cap, _ = section
+        ts = [t for t in table if section_of(t) == section]
+        own = [per_preset[preset], ""] if per_preset and per_preset.get(preset) != default else []
+        lines += [f"## preset `{preset}` on {dev}, CPU capability {cap}", ""] + _section_lines(ts) + own + [
                   "| cell | kind | n | kNN top-1 | linear top-1 | Δ kNN | Δ linear | step ms (p90) | img/s "
                   "| peak MiB | kNN values | linear values |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for t in table:
-            if (t["preset"], t["device"]) != (preset, dev):
-                continue
+        for t in ts:
             lines.append(
-                f"| {_label(t)} | {t['kind']} | {t['n']} | {_fmt(t['knn_top1_mean'])} ± "
-                f"{_fmt(t['knn_top1_std'])} | {_fmt(t['linear_top1_mean'])} ± {_fmt(t['linear_top1_std'])} | "
+                f"| {_md(_label(t))} | {t['kind']} | {t['n']} | {_pm(t['knn_top1_mean'], t['knn_top1_std'])} | "
+                f"{_pm(t['linear_top1_mean'], t['linear_top1_std'])} | "
                 f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_fmt(t['step_ms_median'], 1)} "
                 f"({_fmt(t['step_ms_p90'], 1)}) | {_fmt(t['images_per_s'], 0)} | {_fmt(t['peak_mem_mib'], 0)} | "
                 f"{', '.join(_fmt(v) for v in t['knn_top1'])} | {', '.join(_fmt(v) for v in t['linear_top1'])} |")
         lines.append("")
-        if plots and (preset, dev) in plots:
-            lines += [f"![{name}, preset {preset}]({plots[(preset, dev)]})", ""]
+        lines += _same_run_lines(ts)
+        if plots and section in plots:
+            lines += [f"![{name}, preset {preset}]({plots[section]})", ""]
     if reference:
         lines += reference
     lines += _problem_lines(warnings, problems)
@@ -292,7 +403,8 @@ def _problem_lines(warnings: list[str], problems: list[str]) -> list[str]:
             + [f"- {p}" for p in problems] + [""])
 
 
-CSV_COLS = ["preset", "device", "kind", "cell", "config_hash", "n", "seeds", "knn_top1_mean", "knn_top1_std",
+CSV_COLS = ["preset", "device", "cpu_capability", "digest", "dataset", "N", "image_size", "kind", "cell",
+            "config_hash", "U_mean", "same_run", "n", "seeds", "knn_top1_mean", "knn_top1_std",
             "knn_top1", "linear_top1_mean", "linear_top1_std", "linear_top1", "delta_knn_top1", "ci_knn_top1",
             "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "paired_n_linear_top1", "step_ms_median",
             "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss", "reference_top1",
@@ -319,7 +431,13 @@ def to_csv(table: list[dict[str, Any]], cols: list[str] = CSV_COLS) -> str:
 
 
 def _esc(s: str) -> str:
-    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("|U|", "$|U|$")
+
+
+def _tex_pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "--"
+    return f"${mean:.2f}$" if math.isnan(std) else f"${mean:.2f} \\pm {std:.2f}$"
 
 
 def to_latex(name: str, table: list[dict[str, Any]]) -> str:
@@ -332,8 +450,8 @@ def to_latex(name: str, table: list[dict[str, Any]]) -> str:
         delta = "--" if t.get("is_default") or math.isnan(d) else (
             f"${d:+.2f} \\pm {_fmt(ci)}$" if not math.isnan(ci) else f"${d:+.2f}$")
         lines.append(f"{_esc(t['preset'])} & {_esc(_label(t))} & {_esc(t['kind'])} & {t['n']} & "
-                     f"${_fmt(t['knn_top1_mean'])} \\pm {_fmt(t['knn_top1_std'])}$ & "
-                     f"${_fmt(t['linear_top1_mean'])} \\pm {_fmt(t['linear_top1_std'])}$ & {delta} & "
+                     f"{_tex_pm(t['knn_top1_mean'], t['knn_top1_std'])} & "
+                     f"{_tex_pm(t['linear_top1_mean'], t['linear_top1_std'])} & {delta} & "
                      f"{_fmt(t['step_ms_median'], 1)} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
@@ -357,7 +475,8 @@ def _analysis_entries(rows: list[dict[str, Any]], kind: str, warnings: list[str]
     for r in rows:
         if r.get("kind") != kind or r.get("status") != "ok":
             continue
-        dev = "any machine" if kind == "visit_distance" else r.get("device", "?")
+        # revisit distances are arithmetic (any machine); timings are kept apart by device and CPU capability
+        dev = "any machine" if kind == "visit_distance" else f"{r.get('device', '?')}, CPU capability {capability_of(r)}"
         key = (r["preset"], dev, r["config_hash"], r["seed"])
         if key in latest:
             warnings.append(f"{kind} cell '{cell_label(r.get('cell') or {})}' (preset {r['preset']}) seed "
@@ -437,7 +556,8 @@ def scaling_entries(rows: list[dict[str, Any]], default_cell: dict[str, Any] | N
     skipped = []
     for r in rows:
         if r.get("kind") == "scaling" and r.get("status") == "skipped":
-            skipped.append({"preset": r["preset"], "device": r.get("device", "?"), "arm": _arm(r["config"]),
+            skipped.append({"preset": r["preset"], "device": f"{r.get('device', '?')}, CPU capability "
+                            f"{capability_of(r)}", "arm": _arm(r["config"]),
                             "N": (r.get("derived") or {}).get("N"), "why": r.get("error") or ""})
     skipped.sort(key=lambda s: (s["preset"], s["device"], _arm_order(s["arm"]), s["N"] or 0))
     return points, skipped
@@ -501,25 +621,66 @@ def _ablation_file(name: str):
     return None
 
 
-def _plot_names(name: str, groups: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """One PNG per (preset, device): <name>_<preset>.png, then _2, _3 for further devices of that preset."""
-    out: dict[tuple[str, str], str] = {}
+def _is_path(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml")) or "/" in arg or os.sep in arg
+
+
+def resolve(ablation) -> tuple[str, Any]:
+    """(name, Ablation or None) of what ``build_table`` was given: an Ablation (the whole file, not one preset's
+    view of it: the table covers every preset that has rows), the path of an ablation file, or a bare name."""
+    from .config import Ablation, load_ablation
+
+    if isinstance(ablation, Ablation):
+        abl = ablation
+    elif isinstance(ablation, Path) or _is_path(str(ablation)):
+        abl = load_ablation(ablation)  # ConfigError naming the file when it is missing or wrong
+    else:
+        abl = None
+    name = abl.name if abl is not None else str(ablation)
+    where = f"the name in {abl.path}" if abl is not None else "the command line"
+    if not name or Path(name).name != name or name.startswith("."):
+        raise TableError(f"ablation name '{name}' ({where}) is not a plain file name: its tables would be written "
+                         "outside <results>/tables/")
+    return name, abl if abl is not None else _ablation_file(name)
+
+
+def require_rows(name: str, abl, results_dir: Path) -> None:
+    """A TableError unless ``name`` has a rows file with at least one line in it."""
+    path = Path(results_dir) / "rows" / f"{name}.jsonl"
+    if path.is_file() and path.read_text().strip():
+        return
+    source = f"the name in {abl.path}" if abl is not None else "from the command line"
+    hint = f"python -m pic_bench.run {abl.path}" if abl is not None else "python -m pic_bench.run <its file>"
+    raise TableError(f"no rows for ablation '{name}' ({source}): {path} "
+                     f"{'is empty' if path.is_file() else 'does not exist'}; run `{hint}` first, or pass --results")
+
+
+def _plot_names(name: str, groups: list[tuple]) -> dict[tuple, str]:
+    """One PNG per section: <name>_<preset>.png, then _2, _3 for the further sections of that preset."""
+    out: dict[tuple, str] = {}
     for preset in sorted({g[0] for g in groups}):
-        for i, dev in enumerate(sorted(g[1] for g in groups if g[0] == preset)):
-            out[(preset, dev)] = f"{name}_{preset}{'' if i == 0 else f'_{i + 1}'}.png"
+        for i, g in enumerate(sorted(g for g in groups if g[0] == preset)):
+            out[g] = f"{name}_{preset}{'' if i == 0 else f'_{i + 1}'}.png"
     return out
 
 
-def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | None = None, write: bool = True,
-                default_cell: dict[str, Any] | None = None, plots: bool = True) -> str:
+def build_table(ablation, results_dir: Path = DEFAULT_RESULTS, preset: str | None = None, write: bool = True,
+                default_cell: dict[str, Any] | None = None, plots: bool = True, missing_ok: bool = True) -> str:
     """Builds (and with ``write``, writes) the table of one ablation and its plots. Returns the markdown, only
-    ``preset``'s part of it when given."""
+    ``preset``'s part of it when given.
+
+    ``ablation``: an Ablation, the path of its file (its ``name`` finds the rows, its default cell gives Δ) or a
+    bare name (ablations/<name>.yaml gives the default cell where it exists). With ``missing_ok`` false, an
+    ablation without rows is a TableError rather than an empty table.
+    """
     results_dir = Path(results_dir)
+    name, abl = resolve(ablation)
+    if not missing_ok:
+        require_rows(name, abl, results_dir)
     rows, bad = read_rows(results_dir, name)
     problems = [f"{_relative(p.file, results_dir)}:{p.line}: {p.reason}" for p in bad]
     for p in bad:
         print(f"warning: {p}", file=sys.stderr)
-    abl = _ablation_file(name)
     explicit_default = default_cell is not None
     if default_cell is None and abl is not None:
         default_cell = abl.default_cell
@@ -533,30 +694,34 @@ def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | No
     if kinds & set(ANALYSIS_KINDS):
         return _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, preset, write, plots)
 
-    table, warnings = [], []
+    from . import plots as plotting
+
+    table, warnings, notes = [], [], {}
     for p in sorted({r.get("preset") for r in rows}, key=str):  # a preset may have its own cells and default
         sub = abl.for_preset(p) if abl is not None else None
         dc = default_cell if explicit_default or sub is None else sub.default_cell
+        if dc is not None and not dc and not any(not (r.get("cell") or {}) for r in rows if r.get("preset") == p):
+            dc = None  # the file names no default cell, and no cell is the plain default
         part, warn = aggregate([r for r in rows if r.get("preset") == p], dc,
                                sub.cell_overrides() if sub is not None else None)
         table += part
         warnings += warn
+        notes[p] = default_note(name, part, dc if (dc is not None or abl is None) else {}, sub)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    groups = sorted({(t["preset"], t["device"]) for t in table})
+    groups = sorted({section_of(t) for t in table})
     names = _plot_names(name, groups)
-    drawn: dict[tuple[str, str], str] = {}
-    if write and plots:
-        from . import plots as plotting
-
-        for g in groups:
-            part = [t for t in table if (t["preset"], t["device"]) == g]
-            if plotting.accuracy_plot(name, f"{name}: preset {g[0]}, {g[1]}", part, out / names[g]):
+    drawn: dict[tuple, str] = {}
+    for g in groups:
+        part = [t for t in table if section_of(t) == g]
+        title = f"{name}: preset {g[0]}, {g[1]}, CPU capability {g[2]}"
+        if write and plots:
+            if plotting.accuracy_plot(name, title, part, out / names[g]):
                 drawn[g] = names[g]
-    else:
-        drawn = {g: names[g] for g in groups if _has_axis(table, g)}
+        elif plotting.accuracy_figure_kind(part) is not None:
+            drawn[g] = names[g]
     refs = reference_lines(table) if table else None
-    note = default_note(table, default_cell)
+    note = notes or default_note(name, table, default_cell, abl)
     md = to_markdown(name, table, warnings, problems, refs, drawn, note)
     if write:
         (out / f"{name}.md").write_text(md)
@@ -564,15 +729,8 @@ def build_table(name: str, results_dir: Path = DEFAULT_RESULTS, preset: str | No
         (out / f"{name}.tex").write_text(to_latex(name, table))
     if preset:
         keep = [t for t in table if t["preset"] == preset]
-        return to_markdown(name, keep, warnings, problems, refs, drawn, note)
+        return to_markdown(name, keep, warnings, problems, refs, drawn, notes.get(preset, note))
     return md
-
-
-def _has_axis(table: list[dict[str, Any]], g: tuple[str, str]) -> bool:
-    from .plots import varied_keys
-
-    pic = [t for t in table if (t["preset"], t["device"]) == g and t["kind"] == "pic"]
-    return len(pic) >= 2 and varied_keys(pic)[0] is not None
 
 
 def _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, preset, write, plots) -> str:
@@ -616,17 +774,29 @@ def _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, pr
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.tables", description=__doc__.split("\n")[0])
-    ap.add_argument("ablations", nargs="*", help="ablation names (default: every one with rows)")
+    ap.add_argument("ablations", nargs="*",
+                    help="ablation names or ablation files (default: every name with rows under <results>/rows/)")
     ap.add_argument("--results", default=str(DEFAULT_RESULTS))
     ap.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = ap.parse_args(argv)
-    names = args.ablations or sorted(p.stem for p in (Path(args.results) / "rows").glob("*.jsonl"))
-    if not names:
-        print(f"no rows under {args.results}/rows/", file=sys.stderr)
-        return 1
-    for n in names:
-        build_table(n, Path(args.results), write=True, plots=not args.no_plots)
-        print(f"wrote {args.results}/tables/{n}.md, .csv, .tex" + ("" if args.no_plots else " and plots"))
+    from .config import ConfigError
+
+    results = Path(args.results)
+    names = args.ablations or sorted(p.stem for p in (results / "rows").glob("*.jsonl"))
+    try:
+        if not names:
+            raise TableError(f"no rows under {results}/rows/ (the results folder, from --results)")
+        plan = []
+        for arg in names:  # every argument is checked before anything is written
+            name, abl = resolve(arg)
+            require_rows(name, abl, results)
+            plan.append((arg if abl is None else abl, name))
+    except (TableError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for what, name in plan:
+        build_table(what, results, write=True, plots=not args.no_plots)
+        print(f"wrote {results}/tables/{name}.md, .csv, .tex" + ("" if args.no_plots else " and plots"))
     return 0
 
 

@@ -190,7 +190,7 @@ def test_mismatched_configs_for_one_cell_are_reported_not_averaged(tmp_path):
     a = line_starting(md, f"| pic.K=256 [config {h_a}] |")
     b = line_starting(md, f"| pic.K=256 [config {h_b}] |")
     assert "| 2 | 81.00 ± 1.41 |" in a  # seeds 0 and 2 only
-    assert "| 1 | 90.00 ± n/a |" in b
+    assert "| 1 | 90.00 | 75.00 |" in b  # one seed: the value alone (n = 1 says why there is no spread)
     assert "84.00" not in md  # the mean of all three never appears
 
 
@@ -274,7 +274,7 @@ def test_reference_is_shown_beside_a_cell_that_ran_its_setting(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- plots
-def test_accuracy_plot_follows_the_numeric_axis(tmp_path):
+def test_accuracy_plot_follows_only_a_swept_numeric_axis(tmp_path):
     rows = []
     for s in range(2):
         for D, S in ((1024, 128), (1024, 512), (4096, 128)):
@@ -288,8 +288,12 @@ def test_accuracy_plot_follows_the_numeric_axis(tmp_path):
     from pic_bench.plots import varied_keys
 
     table, _ = tables.aggregate(rows, {"pic.scheduler": "sliding"})
+    # D is set by some cells only (the schedulers leave it at the preset's): arms, not an axis to draw a line on
     x, series = varied_keys([t for t in table if t["kind"] == "pic"])
-    assert x == "pic.D" and set(series) == {"pic.S", "pic.scheduler"}
+    assert x is None and set(series) == {"pic.D", "pic.S", "pic.scheduler"}
+    # a grid that sets D in every cell is an axis
+    grid, _ = tables.aggregate([r for r in rows if "pic.D" in r["cell"]], None)
+    assert varied_keys(grid) == ("pic.D", ["pic.S"])
 
 
 def test_analysis_tables_and_plots(tmp_path):
@@ -334,3 +338,222 @@ def test_analysis_tables_and_plots(tmp_path):
     assert "N = 100,000,000: needs about 95.4 GiB, 70.0 GiB available" in sc
     assert (out / "scaling.csv").read_text().count("\n") == 5  # header + 4 measured points
     assert np.isfinite(float((out / "visit_distance.csv").read_text().splitlines()[1].split(",")[9]))
+
+
+# ------------------------------------------------------------------------------ what a table keeps apart (issue 13)
+def _with(row: dict, machine: dict | None = None, data: dict | None = None) -> dict:
+    row = json.loads(json.dumps(row))
+    if machine is not None:
+        row["machine"] = machine
+    if data is not None:
+        row["data"] = data
+    return row
+
+
+def _pic_means(md: str, prefix: str) -> list[str]:
+    return sorted(x.split("|")[4].strip() for x in md.splitlines() if x.startswith(prefix))
+
+
+def test_cpu_capabilities_are_never_averaged_together(tmp_path):
+    rows = [_with(make("negatives_k", {"pic.K": 0}, s, 80.0, 75.0), machine={"cpu_capability": "AVX2"})
+            for s in range(2)]
+    rows += [_with(make("negatives_k", {"pic.K": 0}, s, 60.0, 55.0), machine={"cpu_capability": "AVX512"})
+             for s in range(2)]
+    rows += [make("negatives_k", {"pic.K": 0}, s, 40.0, 30.0) for s in range(2)]  # older rows: no machine field
+    # K = 256 only on the AVX512 machine: its change is against the AVX512 default, never the AVX2 one
+    rows += [_with(make("negatives_k", {"pic.K": 256}, s, 61.0, 55.0), machine={"cpu_capability": "AVX512"})
+             for s in range(2)]
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=True, default_cell={"pic.K": 0})
+    assert "CPU capability AVX2" in md and "CPU capability AVX512" in md and "CPU capability unrecorded" in md
+    assert _pic_means(md, "| pic.K=0 (default) |") == ["40.00 ± 0.00", "60.00 ± 0.00", "80.00 ± 0.00"]
+    head = md.split("## Published reference")[0]
+    assert "70.00" not in head and "65.00" not in head  # the means of AVX2 and AVX512 rows never appear
+    assert "+1.00 ± 0.00 (n=2)" in line_starting(md, "| pic.K=256 |")
+    csv = (tmp_path / "tables" / "negatives_k.csv").read_text().splitlines()
+    caps = {dict(zip(csv[0].split(","), x.split(",")))["cpu_capability"] for x in csv[1:]}
+    assert caps == {"AVX2", "AVX512", "unrecorded"}
+
+
+def test_dataset_digests_are_never_averaged_together(tmp_path):
+    digest_a, digest_b = "a" * 64, "b" * 64
+    old = [make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0, derived={"N": 10000, "index_digest": digest_a})
+           for s in range(2)]  # rows written before row["data"] existed
+    new = [_with(make("negatives_k", {"pic.K": 0}, 2, 83.0, 70.0, derived={"N": 10000}),
+                 data={"dataset": "fashion_mnist", "N": 10000, "image_size": 28, "digest": digest_a})]
+    other = [_with(make("negatives_k", {"pic.K": 0}, s, 50.0, 40.0, derived={"N": 10000}),
+                   data={"dataset": "fashion_mnist", "N": 10000, "image_size": 28, "digest": digest_b})
+             for s in range(3)]
+    write_rows(tmp_path, "negatives_k", old + new + other)
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 0})
+    # the old rows' index_digest is the same data as the new row's data.digest: one group of three seeds
+    assert _pic_means(md, "| pic.K=0 (default) |") == ["50.00 ± 0.00", "81.00 ± 1.73"]
+    assert f"`{digest_a[:12]}`" in md and f"`{digest_b[:12]}`" in md
+
+
+def test_each_section_names_its_data_preset_and_machine(tmp_path):
+    rows = [_with(make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0, derived={"N": 10000, "index_digest": "c" * 64}),
+                  machine={"cpu_capability": "AVX2"}) for s in range(2)]
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=False)
+    head = md.split("## preset `small` on cpu: test machine, CPU capability AVX2")[1].split("| cell |")[0]
+    assert "fashion_mnist" in head and "N = 10,000" in head and "28 px" in head and f"`{'c' * 12}`" in head
+    assert "plumbing" not in md
+
+
+def smoke_k_rows() -> list[dict]:
+    """negatives_k at the smoke preset: N = 256, so K = 512 and K = 2048 both use all 256 instances."""
+    rows = []
+    for s in range(2):
+        for K, knn in ((64, 30.0), (512, 40.0), (2048, 41.0)):
+            rows.append(make("negatives_k", {"pic.K": K}, s, knn + s, 20.0, preset="smoke",
+                             derived={"N": 256, "K_effective": min(K, 256)}))
+    return rows
+
+
+def test_the_smoke_section_says_it_is_a_plumbing_check(tmp_path):
+    write_rows(tmp_path, "negatives_k", smoke_k_rows())
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 64})
+    head = md.split("## preset `smoke`")[1].split("| cell |")[0]
+    assert "plumbing check" in head and "256 images at 8 px" in head and "numbers mean nothing" in head
+
+
+def test_cells_that_are_the_same_run_in_effect_are_flagged(tmp_path):
+    write_rows(tmp_path, "negatives_k", smoke_k_rows())
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 64})
+    assert line_starting(md, "| pic.K=512 ‡ |") and line_starting(md, "| pic.K=2048 ‡ |")
+    assert "‡" not in line_starting(md, "| pic.K=64 (default) |")
+    assert "‡ the same run in effect: pic.K=512, pic.K=2048 (K ≥ N = 256" in md
+
+
+def test_cells_are_labelled_with_nominal_k_and_mean_u(tmp_path):
+    rows = []
+    for s in range(2):
+        for K, u in ((512, 497.0 + s), (2048, 1150.0 + 4 * s)):
+            m = {"knn_top1": 80.0, "linear_top1": 70.0, "U_mean": u, "U_min": 256.0, "U_max": u + 10}
+            rows.append(make("negatives_k", {"pic.K": K}, s, 0, 0, metrics=m, derived={"N": 10000,
+                                                                                        "K_effective": K}))
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=True, default_cell={"pic.K": 512})
+    # '|' escaped: inside a markdown table cell it would end the cell
+    assert line_starting(md, "| pic.K=512 (default) · mean \\|U\\| 497.5 |")
+    assert line_starting(md, "| pic.K=2048 · mean \\|U\\| 1,152.0 |")
+    csv = (tmp_path / "tables" / "negatives_k.csv").read_text()
+    assert ",1152.0000," in csv
+
+
+def test_latex_prints_a_single_value_alone(tmp_path):
+    rows = [make("components", {}, s, 80.0 + s, 70.0) for s in range(2)]
+    rows.append(make("components", {}, 0, 96.5, 83.0, kind="baseline_pixels"))
+    write_rows(tmp_path, "components", rows)
+    tables.build_table("components", tmp_path, write=True, plots=False)
+    tex = (tmp_path / "tables" / "components.tex").read_text()
+    assert "n/a" not in tex
+    assert "$96.50$ & $83.00$" in tex and r"$80.50 \pm 0.71$" in tex
+    md = (tmp_path / "tables" / "components.md").read_text()
+    assert "| baseline_pixels | 1 | 96.50 | 83.00 |" in md
+
+
+# -------------------------------------------------------------------------------- tables for any ablation file
+def outside_ablation(tmp_path: Path, name: str = "my_k") -> Path:
+    folder = tmp_path / "elsewhere"
+    folder.mkdir(exist_ok=True)
+    path = folder / "x.yaml"
+    path.write_text(f"name: {name}\nsweep:\n  pic.K: [256, 1024, 0]\ndefault_cell: {{pic.K: 0}}\nseeds: [0, 1, 2]\n")
+    return path
+
+
+def test_tables_for_an_ablation_file_outside_ablations(tmp_path):
+    path = outside_ablation(tmp_path)
+    results = tmp_path / "res"
+    write_rows(results, "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
+    assert tables.main([str(path), "--results", str(results), "--no-plots"]) == 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.yaml"]  # nothing written beside the file
+    md = (results / "tables" / "my_k.md").read_text()
+    assert "+2.00 ± 2.48 (n=3)" in line_starting(md, "| pic.K=256 |")
+    assert "change against the default cell (pic.K=0)" in md
+    assert "no default cell known" not in md and "(my_k.yaml)" not in md
+    assert {p.name for p in (results / "tables").iterdir()} == {"my_k.md", "my_k.csv", "my_k.tex"}
+    # build_table takes the loaded file as well as its path
+    from pic_bench.config import load_ablation
+
+    assert tables.build_table(load_ablation(path), results, write=False) == md
+
+
+def test_without_an_ablation_file_the_table_says_so_plainly(tmp_path):
+    write_rows(tmp_path, "lost_k", [dict(r, ablation="lost_k") for r in negatives_rows()])
+    md = tables.build_table("lost_k", tmp_path, write=False)
+    assert "no default cell known (no ablation file), so no change is computed, mean of" not in md
+    assert "Δ: not computed: no ablation file named lost_k" in md
+
+
+@pytest.mark.parametrize("arg", ["never_ran", "{tmp}/missing.yaml"])
+def test_a_name_without_rows_or_a_missing_file_is_an_error(tmp_path, capsys, arg):
+    write_rows(tmp_path, "negatives_k", negatives_rows())
+    arg = arg.format(tmp=tmp_path)
+    assert tables.main(["negatives_k", arg, "--results", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and ("never_ran" in err[0] or "missing.yaml" in err[0])
+    assert not (tmp_path / "tables").exists()  # refused before anything is written
+
+
+def test_an_ablation_file_that_names_no_rows_is_an_error(tmp_path, capsys):
+    path = outside_ablation(tmp_path, "nobody")
+    assert tables.main([str(path), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nobody" in err and str(path) in err
+
+
+def test_run_builds_the_table_of_the_ablation_it_ran(tmp_path, monkeypatch):
+    from pic_bench import run
+
+    path = outside_ablation(tmp_path)
+    seen = []
+    monkeypatch.setattr(run, "run_local", lambda tasks, quiet=False: None)
+    monkeypatch.setattr(tables, "build_table", lambda abl, *a, **k: seen.append(abl) or "")
+    assert run.main([str(path), "smoke", "--results", str(tmp_path / "res"), "--no-baselines", "-q"]) == 0
+    (abl,) = seen
+    assert Path(getattr(abl, "path", abl)) == path
+
+
+def test_scaling_points_of_two_cpu_capabilities_are_kept_apart(tmp_path):
+    rows = []
+    for cap, head in (("AVX2", 8.0), ("AVX512", 4.0)):
+        m = {"head_ms_median": head, "head_ms_p90": head, "step_ms_median": 50.0, "step_ms_p90": 60.0,
+             "state_mib": 5.0, "head_peak_mib": 10.0, "step_peak_mib": 20.0, "peak_mem_kind": "cpu_peak_rss"}
+        for cell in ({"pic.K": 0, "pic.correction": False}, {"pic.correction": True}):
+            rows.append(_with(make("scaling", {**cell, "data.num_instances": 10_000}, 0, 0, 0, kind="scaling",
+                                   metrics=m, extra={**cell, "data.num_instances": 10_000},
+                                   derived={"N": 10_000, "K_effective": 512, "B": 256, "d": 128}),
+                              machine={"cpu_capability": cap}))
+    write_rows(tmp_path, "scaling", rows)
+    md = tables.build_table("scaling", tmp_path, write=False, default_cell={"pic.K": 0, "pic.correction": False})
+    assert md.count("## preset `small` on cpu: test machine, CPU capability") == 2
+    # each speed-up is against its own machine's full softmax (8 / 8 and 4 / 4), never across them (8 / 4)
+    assert all(x.rstrip().endswith("| 1.0 |") for x in md.splitlines() if x.startswith("| recent K="))
+
+
+def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
+    from pic_bench import status
+
+    path = outside_ablation(tmp_path)
+    write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
+    assert status.main([str(path), "--results", str(tmp_path / "res")]) == 0
+    assert "+2.00 ± 2.48 (n=3)" in line_starting(capsys.readouterr().out, "| pic.K=256 |")
+
+
+def test_each_preset_says_which_default_its_change_is_against(tmp_path):
+    """epochs.yaml compares small cells with 5 epochs and paper cells with 200: each section says its own."""
+    rows = [make("epochs", {"optim.epochs": e}, s, 70.0 + e / 10, 60.0) for e in (2, 5) for s in range(2)]
+    rows += [make("epochs", {"optim.epochs": e}, s, 60.0 + e / 100, 50.0, preset="paper", derived={"N": 1000})
+             for e in (200, 400) for s in range(2)]
+    write_rows(tmp_path, "epochs", rows)
+    md = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False)
+    assert "Δ: against each preset's own default cell, said in its sections." in md
+    paper = md.split("## preset `paper`")[1].split("## preset")[0]
+    small = md.split("## preset `small`")[1].split("## preset")[0]
+    assert "change against the default cell (optim.epochs=200)" in paper and "optim.epochs=5)" not in paper
+    assert "change against the default cell (optim.epochs=5)" in small
+    assert "+2.00 ± 0.00 (n=2)" in line_starting(paper, "| optim.epochs=400 |")  # against 200, not 5
+    only_paper = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False, preset="paper")
+    assert "Δ: change against the default cell (optim.epochs=200)" in only_paper.split("## preset")[0]

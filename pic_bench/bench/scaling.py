@@ -159,7 +159,7 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, device: torch.d
 
 def peak_extra_mib(fn: Callable[[], None], device: torch.device, calls: int = 2) -> tuple[float, str]:
     """Peak memory of ``calls`` calls beyond what is live before them (MiB) and how it was measured."""
-    from ..analysis import PeakMemory
+    from ..memory import PeakMemory
 
     mem = PeakMemory(device)
     mem.start()
