@@ -86,13 +86,18 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
 
     reset_peak_memory(resolve_device(cfg.run.device))
     trainer = Trainer(cfg)
-    derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
+    derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
+               "eval_split": trainer.source.eval_split}
     ckpt = task.checkpoint
     if ckpt.is_file():
         trainer.load(ckpt)
         derived["resumed_from_step"] = trainer.step
     try:
         metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=progress)
+        from .backbone import save_backbone  # every trained backbone is kept, before evaluation can fail
+
+        backbone = save_backbone(trainer.model, cfg.model, trainer.source.channels,
+                                 ckpt.with_name(ckpt.stem + "-backbone.pt")) if trainer.dist.is_main else None
         t0 = time.perf_counter()
         metrics.update(trainer.evaluate())
         metrics["eval_wall_s"] = time.perf_counter() - t0
@@ -101,6 +106,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         metrics["peak_mem_mib"] = peak_memory_mib(trainer.device)
         metrics["peak_mem_kind"] = "cuda_max_allocated" if trainer.device.type == "cuda" else "cpu_peak_rss"
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
+        row["backbone"] = str(backbone) if backbone else None
     except Preempted:
         raise
     except NonFiniteLoss as e:
@@ -201,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch.submit(tasks, args.cluster, wait=args.wait, results_dir=Path(args.results),
                              overrides=args.slurm, quiet=args.quiet)
-    run_local(tasks, quiet=args.quiet)
+    from .data.sources import DatasetError
+
+    try:
+        run_local(tasks, quiet=args.quiet)
+    except DatasetError as e:  # raised before a task starts: no row was written for it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from .tables import build_table
 
     print(build_table(abl.name, Path(args.results), preset=preset, write=True))
