@@ -311,3 +311,16 @@ def test_random_network_baseline_runs_through_linear_sgd(folder):
 
 def test_paper_preset_baseline_pixels_are_32px():
     assert PRESETS["paper"]["eval.pixels_size"] == 32
+
+
+def test_table_says_when_a_cell_was_evaluated_on_its_training_images():
+    from pic_bench.tables import aggregate
+
+    def row(seed, split):
+        return {"status": "ok", "preset": "smoke", "kind": "pic", "cell": {}, "config_hash": "h", "seed": seed,
+                "config": {}, "metrics": {"knn_top1": 50.0}, "derived": {"eval_split": split}}
+
+    _, warnings = aggregate([row(0, "val")])
+    assert not warnings
+    _, warnings = aggregate([row(0, "train")])
+    assert len(warnings) == 1 and "own training images" in warnings[0] and "data.eval_split=train" in warnings[0]
