@@ -324,3 +324,63 @@ def test_table_says_when_a_cell_was_evaluated_on_its_training_images():
     assert not warnings
     _, warnings = aggregate([row(0, "train")])
     assert len(warnings) == 1 and "own training images" in warnings[0] and "data.eval_split=train" in warnings[0]
+
+
+# ---- 5. evaluation sharded over ranks: rank r embeds its slice, all-gather; linear_sgd splits each batch
+
+def _shard_cfg():
+    return build("smoke", {"data.num_instances": 96, "data.test_size": 50, "eval.protocol": "linear_sgd",
+                           "eval.sgd_epochs": 2, "eval.sgd_batch": 32, "eval.sgd_warmup_epochs": 0.5})
+
+
+def _sharded_eval(cfg):
+    from pic_bench.data.augment import eval_transform
+
+    src = load_source(cfg.data)
+    torch.manual_seed(0)
+    model = PICModel(cfg.model, src.channels).eval()
+    f, y = E.embed(src.train, model.features, eval_transform(8, src.mean, src.std), "cpu", batch=20)
+    fn, d = E.pixels_fn(8, 0)
+    lin = E.linear_sgd(fn, d, src.train, src.test, 8, src.mean, src.std, cfg.eval, "cpu", seed=1)
+    return {"f": f, "y": y, "lin": lin}
+
+
+def _shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.save(_sharded_eval(_shard_cfg()), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outs = [tmp_path / f"r{r}.pt" for r in range(2)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_shard_worker, args=(r, 2, port, str(outs[r]))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    one = _sharded_eval(_shard_cfg())
+    for o in outs:
+        two = torch.load(o, weights_only=False)
+        assert np.array_equal(two["y"], one["y"])  # every rank holds the whole set, in set order
+        torch.testing.assert_close(two["f"], one["f"], rtol=1e-5, atol=1e-6)
+        # the same batches split in two; gradients averaged over ranks differ only by rounding
+        for k in ("linear_top1", "linear_top5"):
+            assert abs(two["lin"][k] - one["lin"][k]) <= 2 * 100 / 50, (k, two["lin"], one["lin"])
