@@ -44,7 +44,10 @@ stderr from rank 0 (visible in SLURM logs).
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -149,11 +152,55 @@ def _all_gather_rows(f: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, 
             torch.cat([x[:int(s)] for x, s in zip(is_, sizes)]))
 
 
+class Progress:
+    """Evaluation's own checkpoint: what is done so far (features embedded, the linear layer's epoch, results),
+    one file rewritten atomically, so a preempted evaluation resumes from it instead of from training.
+
+    ``path`` None keeps nothing (in-memory only). Each rank of a multi-rank task keeps its own file (``.r<rank>``).
+    Parts are saved at most every ``every_s`` seconds (features are large), and always when a part is finished.
+    """
+
+    def __init__(self, path: str | Path | None, every_s: float = 300.0, dist: distributed.Single | None = None):
+        dist = dist or distributed.current()
+        if path is not None and dist.world > 1:
+            path = Path(f"{path}.r{dist.rank}")
+        self.path, self.every_s = (Path(path) if path is not None else None), every_s
+        self.state: dict = {}
+        if self.path is not None and self.path.is_file():
+            self.state = torch.load(self.path, map_location="cpu", weights_only=False)
+        self._last = time.monotonic()
+
+    def get(self, key: str):
+        return self.state.get(key)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def put(self, key: str, value) -> None:
+        self.state[key] = value
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(self.state, tmp)
+        os.replace(tmp, self.path)  # atomic: a kill mid-write leaves the previous state
+        self._last = time.monotonic()
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        self.state = {}
+
+
 @torch.no_grad()
 def embed(images: ImageSet, fn, transform: Callable, device, batch: int = 512, workers: int = 0,
           on_bad_image: str = "error", dtype: torch.dtype = torch.float32, out_device="cpu", desc: str = "embed",
-          dist: distributed.Single | None = None) -> tuple[torch.Tensor, np.ndarray]:
+          dist: distributed.Single | None = None, progress: Progress | None = None
+          ) -> tuple[torch.Tensor, np.ndarray]:
     """fn(x) for every image of the set after ``transform``, read by a DataLoader, sharded over ranks.
+
+    With ``progress``, the features embedded so far are saved under ``embed:<desc>`` and a rerun continues after
+    the last saved batch.
 
     Returns:
         (n, f) features in ``dtype`` on ``out_device`` and the (n,) labels of the images they belong to, in set
@@ -164,16 +211,31 @@ def embed(images: ImageSet, fn, transform: Callable, device, batch: int = 512, w
     lo, hi = shard_range(len(images), dist.rank, dist.world)
     index_batches = [list(range(s, min(s + batch, hi))) for s in range(lo, hi, batch)]
     out, keep = [], []
+    store = out_device if dist.world == 1 else device  # several ranks gather on the device
+    key, done = f"embed:{desc}", 0
+    saved = progress.get(key) if progress is not None else None
+    if saved is not None and (saved["n"], saved["batch"], saved["lo"], saved["hi"]) == (len(images), batch, lo, hi):
+        done = saved["done"]
+        if len(saved["idx"]):
+            out, keep = [saved["f"].to(store, dtype)], [saved["idx"]]
     bar = progress_bar(hi - lo, desc, dist.is_main)
+    bar.update(sum(len(b) for b in index_batches[:done]))
+
+    def save(done: int) -> None:
+        f = torch.cat(out).cpu() if out else torch.empty(0, 0, dtype=dtype)
+        idx = torch.cat(keep) if keep else torch.empty(0, dtype=torch.int64)
+        progress.put(key, {"n": len(images), "batch": batch, "lo": lo, "hi": hi, "done": done, "f": f, "idx": idx})
+
     try:
-        loader = batches(Transformed(images, transform, on_bad_image), index_batches, workers)
-        for j, item in enumerate(loader):
+        loader = batches(Transformed(images, transform, on_bad_image), index_batches[done:], workers)
+        for j, item in enumerate(loader, start=done):
             if item is not None:
                 x, idx = item
-                # with several ranks the gather runs on the device; one rank stores straight where asked
-                out.append(fn(x.to(device)).to(out_device if dist.world == 1 else device, dtype))
+                out.append(fn(x.to(device)).to(store, dtype))
                 keep.append(idx)
             bar.update(len(index_batches[j]))
+            if progress is not None and (progress.due() or j + 1 == len(index_batches)) and j + 1 > done:
+                save(j + 1)
     finally:
         bar.close()
     if not out:
@@ -334,11 +396,14 @@ class EpochBatches:
 
 def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, mean, std, cfg: EvalConfig,
                device, seed: int, workers: int = 0, on_bad_image: str = "error",
-               dist: distributed.Single | None = None, num_classes: int | None = None) -> dict[str, float]:
+               dist: distributed.Single | None = None, num_classes: int | None = None,
+               progress: Progress | None = None) -> dict[str, float]:
     """Trains a linear layer on fn(augmented image) with SGD (the official protocol); top-1 / top-5 (%) on test.
 
     ``fn`` is the frozen feature map (no gradient reaches it). Each global batch of ``eval.sgd_batch`` is split
-    over the ranks (rank r: its contiguous rows); the layer's gradients are averaged over ranks.
+    over the ranks (rank r: its contiguous rows); the layer's gradients are averaged over ranks. With
+    ``progress``, the layer and its optimizer are saved after every epoch (``linear_sgd``) and a rerun continues
+    with the next epoch, drawing the same augmentation and learning rates as an uninterrupted run.
     """
     dist = dist or distributed.current()
     C = num_classes or int(max(train.labels.max(), test.labels.max())) + 1
@@ -355,9 +420,16 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
     bar = progress_bar(cfg.sgd_epochs * ipe, "linear_sgd", dist.is_main)
     bar.unit = "it"
     data = Transformed(train, t_train, on_bad_image, seed=seed)
+    start = 0
+    saved = progress.get("linear_sgd") if progress is not None else None
+    if saved is not None:
+        start = saved["epoch"]
+        fc.load_state_dict(saved["fc"])
+        opt.load_state_dict(saved["opt"])
+        bar.update(start * ipe)
     try:
-        for step, item in enumerate(batches(data, EpochBatches(n, cfg.sgd_batch, seed, cfg.sgd_epochs, dist),
-                                            workers)):
+        for step, item in enumerate(batches(data, EpochBatches(n, cfg.sgd_batch, seed, cfg.sgd_epochs, dist, start),
+                                            workers), start=start * ipe):
             for group in opt.param_groups:
                 group["lr"] = float(lr[step])
             opt.zero_grad(set_to_none=True)
@@ -372,10 +444,13 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
             dist.average_gradients(list(fc.parameters()))
             opt.step()
             bar.update(1)
+            if progress is not None and (step + 1) % ipe == 0:
+                progress.put("linear_sgd", {"epoch": (step + 1) // ipe, "fc": fc.state_dict(),
+                                            "opt": opt.state_dict()})
     finally:
         bar.close()
     f, y = embed(test, fn, linear_val_transform(size, mean, std), device, workers=workers,
-                 on_bad_image=on_bad_image, out_device=device, desc="linear_sgd val", dist=dist)
+                 on_bad_image=on_bad_image, out_device=device, desc="linear_sgd val", dist=dist, progress=progress)
     with torch.no_grad():
         top5 = fc(f.float()).topk(min(5, C), dim=1).indices.cpu()  # (n, 5)
     y = torch.as_tensor(y)
@@ -386,37 +461,50 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
 # ---- one backbone (or the pixels) under the configured protocols
 
 def evaluate_backbone(fn, feat_dim: int, source, size: int, cfg: EvalConfig, device, seed: int,
-                      on_bad_image: str = "error", workers: int = 0) -> dict[str, float]:
-    """kNN on eval-transform features, then the linear protocol ``cfg.protocol`` (if ``cfg.linear``)."""
+                      on_bad_image: str = "error", workers: int = 0, progress: Progress | None = None
+                      ) -> dict[str, float]:
+    """kNN on eval-transform features, then the linear protocol ``cfg.protocol`` (if ``cfg.linear``).
+
+    With ``progress`` every finished part (embedded features, kNN, the linear layer's epochs) is kept there, so a
+    rerun after a kill does only what is missing; the caller clears it once the result is safe.
+    """
     device = torch.device(device)
     dtype = feature_dtype(cfg.feature_dtype, device)
     t = eval_transform(size, source.mean, source.std)
     # CPU float32 features stay on the CPU (what earlier rows ran); reduced-precision ones stay on the device.
     keep = "cpu" if dtype == torch.float32 and device.type == "cpu" else device
-    trf, try_ = embed(source.train, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
-                      out_device=keep, desc="embed train")
-    tef, tey = embed(source.test, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
-                     out_device=keep, desc="embed test")
-    out = {"knn_top1": knn(trf, try_, tef, tey, cfg.knn_k, cfg.knn_t)}
-    if not cfg.linear:
-        return out
-    if cfg.protocol == "probe":
-        out["linear_top1"] = linear_probe_top1(trf, try_, tef, tey, cfg.linear_epochs, cfg.linear_lr, seed)
-    else:
-        del trf, tef  # the linear stage reads images again, with fresh augmentation every epoch
+    out = dict(progress.get("result") or {}) if progress is not None else {}
+    need_features = "knn_top1" not in out or (cfg.linear and cfg.protocol == "probe" and "linear_top1" not in out)
+    if need_features:
+        trf, try_ = embed(source.train, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
+                          out_device=keep, desc="embed train", progress=progress)
+        tef, tey = embed(source.test, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
+                         out_device=keep, desc="embed test", progress=progress)
+        if "knn_top1" not in out:
+            out["knn_top1"] = knn(trf, try_, tef, tey, cfg.knn_k, cfg.knn_t)
+        if cfg.linear and cfg.protocol == "probe":
+            out["linear_top1"] = linear_probe_top1(trf, try_, tef, tey, cfg.linear_epochs, cfg.linear_lr, seed)
+        del trf, tef  # the linear_sgd stage reads images again, with fresh augmentation every epoch
+        if progress is not None:  # the results replace the (large) features in the saved state
+            progress.state.pop("embed:embed train", None)
+            progress.state.pop("embed:embed test", None)
+            progress.put("result", dict(out))
+    if cfg.linear and cfg.protocol == "linear_sgd" and "linear_top1" not in out:
         out.update(linear_sgd(fn, feat_dim, source.train, source.test, size, source.mean, source.std, cfg, device,
-                              seed, workers, on_bad_image))
+                              seed, workers, on_bad_image, progress=progress))
+        if progress is not None:
+            progress.put("result", dict(out))
     return out
 
 
 def evaluate_model(model, source, size: int, cfg: EvalConfig, device, seed: int, on_bad_image: str = "error",
-                   workers: int = 0) -> dict[str, float]:
+                   workers: int = 0, progress: Progress | None = None) -> dict[str, float]:
     """A PICModel's (or any module with ``features`` and ``feat_dim``) backbone features, in eval mode."""
     was_training = model.training
     model.eval()
     try:
         return evaluate_backbone(model.features, model.feat_dim, source, size, cfg, device, seed, on_bad_image,
-                                 workers)
+                                 workers, progress)
     finally:
         model.train(was_training)
 
@@ -429,6 +517,7 @@ def pixels_fn(size: int, pixels_size: int) -> tuple[Callable, int]:
 
 
 def evaluate_pixels(source, size: int, cfg: EvalConfig, seed: int, on_bad_image: str = "error", device="cpu",
-                    workers: int = 0) -> dict[str, float]:
+                    workers: int = 0, progress: Progress | None = None) -> dict[str, float]:
     fn, d = pixels_fn(size, cfg.pixels_size)
-    return evaluate_backbone(fn, d * source.channels, source, size, cfg, device, seed, on_bad_image, workers)
+    return evaluate_backbone(fn, d * source.channels, source, size, cfg, device, seed, on_bad_image, workers,
+                             progress)

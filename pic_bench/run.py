@@ -98,8 +98,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
 
         backbone = save_backbone(trainer.model, cfg.model, trainer.source.channels,
                                  ckpt.with_name(ckpt.stem + "-backbone.pt")) if trainer.dist.is_main else None
+        from .evaluate import Progress
+
+        trainer.save(ckpt)  # a kill during evaluation reruns from here and from evaluation's own progress file
+        progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"))
         t0 = time.perf_counter()
-        metrics.update(trainer.evaluate())
+        metrics.update(trainer.evaluate(progress))
         metrics["eval_wall_s"] = time.perf_counter() - t0
         from .train import peak_memory_mib
 
@@ -123,6 +127,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     append_row(row, Path(task.results_dir))
     if ckpt.is_file():
         ckpt.unlink()
+    progress.clear()
     return row
 
 

@@ -288,9 +288,10 @@ class Trainer:
         self.meters.wall_s += time.perf_counter() - start_wall
         return self.meters.summary(self.cfg.optim.batch_size)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress=None) -> dict[str, float]:
+        """kNN and the linear protocol; ``progress`` (evaluate.Progress) keeps what is done for a rerun."""
         return evaluate_model(self.model, self.source, self.cfg.data.image_size, self.cfg.eval, self.device,
-                              self.cfg.run.seed, self.cfg.data.on_bad_image, self.cfg.data.workers)
+                              self.cfg.run.seed, self.cfg.data.on_bad_image, self.cfg.data.workers, progress)
 
 
 def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:

@@ -384,3 +384,85 @@ def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
         # the same batches split in two; gradients averaged over ranks differ only by rounding
         for k in ("linear_top1", "linear_top5"):
             assert abs(two["lin"][k] - one["lin"][k]) <= 2 * 100 / 50, (k, two["lin"], one["lin"])
+
+
+# ---- 7. evaluation resumes from its own checkpoint
+
+class Killed(BaseException):
+    """Stands for a kill: not an Exception, so nothing records it as a failure."""
+
+
+def kill_after(monkeypatch, key: str, when):
+    """Progress.put raises Killed right after saving ``key`` once ``when(value)`` holds."""
+    put = E.Progress.put
+
+    def put_then_kill(self, k, value):
+        put(self, k, value)
+        if k == key and when(value):
+            raise Killed(k)
+
+    monkeypatch.setattr(E.Progress, "put", put_then_kill)
+
+
+class Counting:
+    def __init__(self, fn):
+        self.fn, self.images = fn, 0
+
+    def __call__(self, x):
+        self.images += len(x)
+        return self.fn(x)
+
+
+def test_killed_linear_sgd_resumes_from_its_own_checkpoint(folder, tmp_path, monkeypatch):
+    cfg = folder_cfg(folder, **{"eval.protocol": "linear_sgd", "eval.sgd_epochs": 4, "eval.sgd_batch": 24,
+                                "eval.sgd_warmup_epochs": 1})
+    src = load_source(cfg.data)
+    fn, d = E.pixels_fn(12, 4)
+    full = Counting(fn)
+    want = E.evaluate_backbone(full, 3 * d, src, 12, cfg.eval, "cpu", 3)
+    state = tmp_path / "b-eval.pt"
+    with monkeypatch.context() as m:
+        kill_after(m, "linear_sgd", lambda v: v["epoch"] == 2)
+        with pytest.raises(Killed):
+            E.evaluate_backbone(fn, 3 * d, src, 12, cfg.eval, "cpu", 3, progress=E.Progress(state, every_s=0))
+    assert state.is_file()
+    rerun = Counting(fn)
+    got = E.evaluate_backbone(rerun, 3 * d, src, 12, cfg.eval, "cpu", 3, progress=E.Progress(state, every_s=0))
+    assert got == want
+    # only epochs 3 and 4 and the validation pass ran again: no embedding for kNN, no earlier epoch
+    assert rerun.images == 2 * 3 * 24 + len(src.test) < full.images
+
+
+def test_killed_embedding_resumes_after_the_last_saved_batch(folder, tmp_path, monkeypatch):
+    from pic_bench.data.augment import eval_transform
+
+    src = load_source(folder_cfg(folder).data)
+    torch.manual_seed(0)
+    model = PICModel(folder_cfg(folder).model, 3).eval()
+    t = eval_transform(12, src.mean, src.std)
+    want, y = E.embed(src.train, model.features, t, "cpu", batch=16)
+    state = tmp_path / "e.pt"
+    with monkeypatch.context() as m:
+        kill_after(m, "embed:embed", lambda v: v["done"] == 2)
+        with pytest.raises(Killed):
+            E.embed(src.train, model.features, t, "cpu", batch=16, progress=E.Progress(state, every_s=0))
+    rerun = Counting(model.features)
+    got, y2 = E.embed(src.train, rerun, t, "cpu", batch=16, progress=E.Progress(state, every_s=0))
+    assert torch.equal(got, want) and np.array_equal(y, y2) and rerun.images == len(src.train) - 32
+
+
+def test_killed_evaluation_in_a_run_finishes_without_retraining(tmp_path, monkeypatch):
+    from pic_bench.run import run_task
+
+    task = smoke_task(tmp_path)
+    want = run_task(smoke_task(tmp_path / "uninterrupted"))
+    with monkeypatch.context() as m:
+        kill_after(m, "result", lambda v: "knn_top1" in v)
+        with pytest.raises(Killed):
+            run_task(task)
+    assert task.checkpoint.is_file() and not (tmp_path / "results" / "rows").exists()
+    row = run_task(task)
+    assert row["derived"]["resumed_from_step"] == row["derived"]["steps"]  # training was not run again
+    assert row["metrics"]["knn_top1"] == want["metrics"]["knn_top1"]
+    assert row["metrics"]["linear_top1"] == want["metrics"]["linear_top1"]
+    assert not task.checkpoint.is_file() and not list(task.checkpoint.parent.glob("*-eval.pt*"))
