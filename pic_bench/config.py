@@ -439,3 +439,15 @@ def validate(cfg: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.views must be >= 1, got {d.views}")
     if not 0 < d.crop_min <= 1:
         raise ConfigError(f"{where}: data.crop_min must be in (0, 1], got {d.crop_min}")
+    if d.eval_split != "val" and d.dataset != "imagefolder":
+        raise ConfigError(f"{where}: data.eval_split={d.eval_split} applies to image folders only; "
+                          f"data.dataset={d.dataset} always evaluates on its own test split")
+    e = cfg.eval
+    if e.sgd_epochs < 1 or e.sgd_batch < 1 or e.sgd_lr <= 0 or e.sgd_warmup_epochs < 0:
+        raise ConfigError(f"{where}: eval.sgd_epochs and eval.sgd_batch must be >= 1, eval.sgd_lr > 0 and "
+                          f"eval.sgd_warmup_epochs >= 0, got {e.sgd_epochs}, {e.sgd_batch}, {e.sgd_lr}, "
+                          f"{e.sgd_warmup_epochs}")
+    if not 0 < e.sgd_crop_min <= 1:
+        raise ConfigError(f"{where}: eval.sgd_crop_min must be in (0, 1], got {e.sgd_crop_min}")
+    if e.pixels_size < 0:
+        raise ConfigError(f"{where}: eval.pixels_size must be >= 0 (0 = data.image_size), got {e.pixels_size}")

@@ -391,7 +391,8 @@ class EpochBatches:
     def __iter__(self):
         for epoch in range(self.start, self.epochs):
             for b in epoch_batches(self.n, self.B, self.seed, epoch):
-                yield [(epoch, i) for i in b[slice(*self.dist.shard(len(b)))]]
+                lo, hi = shard_range(len(b), self.dist.rank, self.dist.world)
+                yield [(epoch, i) for i in b[lo:hi]]
 
 
 def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, mean, std, cfg: EvalConfig,
@@ -401,7 +402,8 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
     """Trains a linear layer on fn(augmented image) with SGD (the official protocol); top-1 / top-5 (%) on test.
 
     ``fn`` is the frozen feature map (no gradient reaches it). Each global batch of ``eval.sgd_batch`` is split
-    over the ranks (rank r: its contiguous rows); the layer's gradients are averaged over ranks. With
+    over the ranks (rank r: its contiguous rows, any number of ranks); the layer's gradients are combined into
+    the global batch's mean. With
     ``progress``, the layer and its optimizer are saved after every epoch (``linear_sgd``) and a rerun continues
     with the next epoch, drawing the same augmentation and learning rates as an uninterrupted run.
     """
@@ -414,6 +416,7 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
                           weight_decay=cfg.sgd_weight_decay)
     n = len(train)
     ipe = len(epoch_batches(n, cfg.sgd_batch, seed, 0))
+    B = min(cfg.sgd_batch, n)  # every global batch has B images (the last partial one is dropped)
     lr = sgd_lr_schedule(cfg.sgd_lr, cfg.sgd_epochs, ipe, cfg.sgd_warmup_epochs)
     t_train = linear_train_transform(size, cfg.sgd_crop_min, mean, std)
     labels = torch.as_tensor(train.labels)
@@ -437,7 +440,11 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
                 x, idx = item
                 with torch.no_grad():
                     f = fn(x.to(device)).float()  # (b, feat_dim)
-                F.cross_entropy(fc(f), labels[idx].to(device)).backward()
+                if dist.world == 1:
+                    loss = F.cross_entropy(fc(f), labels[idx].to(device))
+                else:  # slices may differ by one image: weight so that the rank average is the global mean
+                    loss = F.cross_entropy(fc(f), labels[idx].to(device), reduction="sum") * dist.world / B
+                loss.backward()
             else:  # every image of this rank's slice failed to decode: contribute a zero gradient
                 for p in fc.parameters():
                     p.grad = torch.zeros_like(p)

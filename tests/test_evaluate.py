@@ -466,3 +466,13 @@ def test_killed_evaluation_in_a_run_finishes_without_retraining(tmp_path, monkey
     assert row["metrics"]["knn_top1"] == want["metrics"]["knn_top1"]
     assert row["metrics"]["linear_top1"] == want["metrics"]["linear_top1"]
     assert not task.checkpoint.is_file() and not list(task.checkpoint.parent.glob("*-eval.pt*"))
+
+
+@pytest.mark.parametrize("key,value", [("eval.sgd_batch", 0), ("eval.sgd_epochs", 0), ("eval.sgd_lr", 0.0),
+                                       ("eval.sgd_crop_min", 0.0), ("eval.pixels_size", -1),
+                                       ("data.eval_split", "train")])
+def test_bad_linear_sgd_settings_are_refused_naming_the_key(key, value):
+    from pic_bench.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(build("smoke", {key: value}), where="test")
