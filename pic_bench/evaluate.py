@@ -37,9 +37,16 @@ Two linear protocols (``eval.protocol``):
   * a training set smaller than one batch trains on batches of all its images (the official loader would
     yield no batch at all with ``drop_last``).
 
-Evaluation reads through a torchvision ``DataLoader`` with ``data.workers`` worker processes, shards every set
-over the ranks of a task (rank r embeds its contiguous slice, then all-gather), and shows a tqdm bar with ETA on
-stderr from rank 0 (visible in SLURM logs).
+Evaluation reads through a torchvision ``DataLoader`` with ``data.workers`` worker processes (also when training
+used DALI: the eval transforms are deterministic and cheap next to the backbone), shards every set over the ranks
+of a task (rank r embeds its contiguous slice, then all-gather; ``linear_sgd`` splits each global batch), and
+shows a tqdm bar with ETA on stderr from rank 0 (visible in SLURM logs, updated every 30 s there).
+
+Evaluation is resumable on its own (``Progress``): ``run_task`` keeps ``<checkpoint stem>-eval.pt`` beside the
+backbone with the features embedded so far (saved at most every 5 minutes), the kNN / probe results, and the
+linear layer with its optimizer after every ``linear_sgd`` epoch; a rerun after a kill continues from there
+(and from the trained state saved before evaluation began), and the file is deleted with the checkpoint once the
+row is written.
 """
 from __future__ import annotations
 
