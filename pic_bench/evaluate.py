@@ -175,7 +175,21 @@ class Progress:
         self.state: dict = {}
         if self.path is not None and self.path.is_file():
             self.state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if dist.world > 1:
+            self._agree()
         self._last = time.monotonic()
+
+    def _agree(self) -> None:
+        """Ranks resume collective parts (results, the linear layer's epoch) only where all saved the same:
+        a kill between two ranks' saves must not make them wait in different collectives. Each rank's embedded
+        slice is its own and is kept."""
+        mine = (sorted((self.state.get("result") or {}).items()),
+                (self.state.get("linear_sgd") or {}).get("epoch"))
+        every: list = [None] * torch_dist.get_world_size()
+        torch_dist.all_gather_object(every, mine)
+        if any(x != mine for x in every):
+            self.state.pop("result", None)
+            self.state.pop("linear_sgd", None)
 
     def get(self, key: str):
         return self.state.get(key)

@@ -252,14 +252,19 @@ class ArrayTask(submitit.helpers.Checkpointable):
 
 
 def follow(task: Task, should_stop) -> None:
-    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint); rank 0 alone
-    evaluates and writes the row."""
+    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint), evaluates its share;
+    rank 0 writes the row."""
     from .train import Trainer
 
     trainer = Trainer(task.cfg)
     if task.checkpoint.is_file():
         trainer.load(task.checkpoint)
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
+    from .evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
+
+    progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
+    trainer.evaluate(progress)
+    progress.clear()
     return None
 
 
