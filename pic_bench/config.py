@@ -58,6 +58,7 @@ class DataConfig:
     loader: str = "auto"  # auto (DALI where installed, else torchvision) | dali | torchvision | batched (in-memory)
     workers: int = 0  # loader worker processes (torchvision) or threads (DALI)
     on_bad_image: str = "error"  # error | skip (skipped images are counted in the result row)
+    eval_split: str = "val"  # imagefolder: evaluate on val/ (refused if absent) | train (asked for: own images)
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,21 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    protocol: str = "probe"  # probe (fast, on cached centre-crop features; small presets) | linear_sgd (official)
     knn_k: int = 200  # neighbours of the weighted kNN monitor (NPID)
     knn_t: float = 0.07  # temperature of the kNN vote weights exp(sim / t)
-    linear: bool = True  # also train a linear probe on frozen backbone features
-    linear_epochs: int = 100  # full-batch optimisation steps of the linear probe
-    linear_lr: float = 0.1  # learning rate of the linear probe (Adam on standardised features)
+    feature_dtype: str = "auto"  # kept features: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    linear: bool = True  # also train a linear classifier on frozen backbone features (protocol above)
+    linear_epochs: int = 100  # probe: full-batch optimisation steps
+    linear_lr: float = 0.1  # probe: Adam on standardised features; its real step size is linear_lr x 0.1 (= 0.01)
+    sgd_epochs: int = 100  # linear_sgd: epochs over the training set (official main_linear.py: 100)
+    sgd_batch: int = 256  # linear_sgd: total batch over all ranks (official: 256)
+    sgd_lr: float = 30.0  # linear_sgd: peak learning rate (official: 30)
+    sgd_momentum: float = 0.9  # linear_sgd: SGD momentum (official: 0.9)
+    sgd_weight_decay: float = 0.0  # linear_sgd: weight decay (official: 0)
+    sgd_warmup_epochs: float = 5  # linear_sgd: linear warm-up from lr / 100, then cosine to 0 (official: 5)
+    sgd_crop_min: float = 0.08  # linear_sgd: RandomResizedCrop area lower bound for training (official: 0.08)
+    pixels_size: int = 0  # raw-pixel baseline: side the pixels are downsampled to (0 = data.image_size)
     baselines: bool = True  # also evaluate the random-init network and raw pixels under the same protocols
 
 
@@ -113,7 +124,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0 = torch's default)
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
-    checkpoint_every: int = 0  # save a checkpoint every this many steps (0 = only on request / at the end)
+    checkpoint_every: int = 0  # checkpoint every this many steps (0 = only when preempted); the backbone is always
+    # written at the end (run_task), the checkpoint deleted after a successful run
     log_every: int = 50  # steps between progress-bar loss updates
 
 
@@ -132,6 +144,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.aug": ("strong", "weak"),
     "data.loader": ("auto", "dali", "torchvision", "batched"),
     "data.on_bad_image": ("error", "skip"),
+    "data.eval_split": ("val", "train"),
+    "eval.protocol": ("probe", "linear_sgd"),
+    "eval.feature_dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.arch": ("resnet18", "resnet50", "small_cnn"),
     "model.head": ("mlp", "linear", "none"),
     "pic.softmax": ("cosine", "plain"),
@@ -150,6 +165,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "data.dataset": "imagefolder", "data.image_size": 224, "data.workers": 8,
         "model.arch": "resnet50", "optim.epochs": 200, "optim.warmup_epochs": 5,
+        "eval.protocol": "linear_sgd", "eval.pixels_size": 32,
     },
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
@@ -245,7 +261,11 @@ def from_dict(d: dict[str, Any], where: str = "dict") -> Config:
 # key out while it holds that value, and rows written before the key existed read as having it
 # (``with_added_keys``), so a committed row keeps its hash and is compared with new rows for what it really ran.
 # Add a key here in the commit that adds it to a dataclass above (its earlier value, not its new default).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "data.eval_split": "val", "eval.protocol": "probe", "eval.feature_dtype": "auto", "eval.sgd_epochs": 100,
+    "eval.sgd_batch": 256, "eval.sgd_lr": 30.0, "eval.sgd_momentum": 0.9, "eval.sgd_weight_decay": 0.0,
+    "eval.sgd_warmup_epochs": 5.0, "eval.sgd_crop_min": 0.08, "eval.pixels_size": 0,
+}
 
 
 def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
@@ -652,3 +672,17 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
         refuse("data.views", "must be >= 1")
     if not 0 < d.crop_min <= 1:
         refuse("data.crop_min", "must be in (0, 1]")
+    if d.eval_split != "val" and d.dataset != "imagefolder":
+        refuse("data.eval_split", f"applies to image folders only; data.dataset={d.dataset} always evaluates on "
+               "its own test split")
+    e = cfg.eval
+    for key, value, ok, why in (("eval.sgd_epochs", e.sgd_epochs, e.sgd_epochs >= 1, "must be >= 1"),
+                                ("eval.sgd_batch", e.sgd_batch, e.sgd_batch >= 1, "must be >= 1"),
+                                ("eval.sgd_lr", e.sgd_lr, e.sgd_lr > 0, "must be > 0"),
+                                ("eval.sgd_warmup_epochs", e.sgd_warmup_epochs, e.sgd_warmup_epochs >= 0,
+                                 "must be >= 0"),
+                                ("eval.sgd_crop_min", e.sgd_crop_min, 0 < e.sgd_crop_min <= 1, "must be in (0, 1]"),
+                                ("eval.pixels_size", e.pixels_size, e.pixels_size >= 0,
+                                 "must be >= 0 (0 = data.image_size)")):
+        if not ok:
+            refuse(key, why, value)

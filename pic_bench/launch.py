@@ -316,12 +316,17 @@ def timed_out(ran_s: float, limit_s: float, signal_delay_s: float) -> bool:
 
 
 def follow(task: Task, should_stop) -> None:
-    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint); rank 0 alone
-    evaluates and writes the row."""
+    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint), evaluates its share;
+    rank 0 writes the row."""
     from .train import Trainer
 
     trainer = resume(Trainer(task.cfg), task.checkpoint, move=False)  # rank 0 moves an unreadable one aside
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
+    from .evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
+
+    progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
+    trainer.evaluate(progress)
+    progress.clear()
     return None
 
 

@@ -178,6 +178,9 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
             vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
             t[m] = float(np.median(vals)) if vals else float("nan")
         per_seed[key] = {m: {r["seed"]: r["metrics"][m] for r in rs if m in r["metrics"]} for m in METRICS}
+        if any((r.get("derived") or {}).get("eval_split") == "train" for r in rs):  # asked for, never silent
+            warnings.append(f"cell '{label}' ({kind}, preset {preset}) was evaluated on its own training images "
+                            "(data.eval_split=train): its accuracies are not held-out")
         out.append(t)
     _pair_with_default(out, per_seed, default_cell, warnings)
     _flag_same_runs(out)

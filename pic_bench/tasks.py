@@ -268,7 +268,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
         raise
     trainer = resume(trainer, ckpt)
-    derived = {**trainer.derived, "index_digest": trainer.source.index_digest}
+    derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
+               "eval_split": trainer.source.eval_split}
     if any(bad.values()):
         derived["bad_images"] = bad
     if trainer.step:
@@ -285,8 +286,15 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     try:
         kw = {"curve": task.curve} if own_curve else {}
         metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step, **kw)
+        from .backbone import save_backbone  # every trained backbone is kept, before evaluation can fail
+        from .evaluate import Progress
+
+        backbone = save_backbone(trainer.model, cfg.model, trainer.source.channels,
+                                 ckpt.with_name(ckpt.stem + "-backbone.pt")) if trainer.dist.is_main else None
+        trainer.save(ckpt)  # a kill during evaluation reruns from here and from evaluation's own progress file
+        eval_progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"))
         t0 = time.perf_counter()
-        metrics.update(trainer.evaluate())
+        metrics.update(trainer.evaluate(eval_progress))
         metrics["eval_wall_s"] = time.perf_counter() - t0
         if any(bad.values()):  # on_bad_image=skip: what the evaluation left out (train set and val split)
             metrics["eval_skipped_images"] = sum(bad.values())
@@ -297,6 +305,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         metrics["peak_mem_kind"] = "cuda_max_allocated" if trainer.device.type == "cuda" else "cpu_peak_rss"
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
+        row["backbone"] = str(backbone) if backbone else None
     except Preempted:
         raise
     except NonFiniteLoss as e:
@@ -309,6 +318,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     append_row(row, Path(task.results_dir))
     if ckpt.is_file():
         ckpt.unlink()
+    eval_progress.clear()
     return row
 
 

@@ -293,23 +293,29 @@ class Trainer:
         self.meters.wall_s += time.perf_counter() - start_wall
         return self.meters.summary(self.cfg.optim.batch_size)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, progress=None) -> dict[str, float]:
+        """kNN and the linear protocol; ``progress`` (evaluate.Progress) keeps what is done for a rerun."""
         return evaluate_model(self.model, self.source, self.cfg.data.image_size, self.cfg.eval, self.device,
-                              self.cfg.run.seed, self.cfg.data.on_bad_image)
+                              self.cfg.run.seed, self.cfg.data.on_bad_image, self.cfg.data.workers, progress)
 
 
 def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:
     """The two baselines under the run's evaluation protocol: 'random' (untrained network) or 'pixels'."""
     source = source or load_source(cfg.data, cfg.run.seed)
     t0 = time.perf_counter()
+    device = resolve_device(cfg.run.device)
     if kind == "pixels":
-        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed, cfg.data.on_bad_image)
+        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed, cfg.data.on_bad_image, device,
+                            cfg.data.workers)
     else:
-        device = resolve_device(cfg.run.device)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
         model = PICModel(cfg.model, source.channels).to(device)
-        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image)
+        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image,
+                           cfg.data.workers)
     m["eval_wall_s"] = time.perf_counter() - t0
-    return m, {"N": source.N, "index_digest": source.index_digest}
+    derived = {"N": source.N, "index_digest": source.index_digest, "eval_split": source.eval_split}
+    if kind == "pixels":
+        derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
+    return m, derived

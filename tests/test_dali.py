@@ -70,7 +70,8 @@ def write_folder(root: Path, images: torch.Tensor, classes: int = 3) -> list[Pat
 
 
 def folder_source(root: Path, **kw) -> Source:
-    return load_source(DataConfig(dataset="imagefolder", root=str(root), **kw))
+    # these folders have no val/: evaluating on the training images must be asked for (data.eval_split)
+    return load_source(DataConfig(dataset="imagefolder", root=str(root), **{"eval_split": "train", **kw}))
 
 
 def memory_source(images: torch.Tensor, mean=(0.5,), std=(0.25,)) -> Source:
@@ -82,7 +83,7 @@ def memory_source(images: torch.Tensor, mean=(0.5,), std=(0.25,)) -> Source:
 
 def config(**kw):
     base = {"optim.batch_size": 8, "data.image_size": 16, "data.crop_min": 0.08, "data.workers": 2,
-            "run.device": "cpu"}
+            "run.device": "cpu", "data.eval_split": "train"}
     return build("smoke", {**base, **kw})
 
 

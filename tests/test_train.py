@@ -151,6 +151,7 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad = sorted((root / "train").rglob("*.jpg"))[3]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
     cfg = apply(build("smoke"), {"data.dataset": "imagefolder", "data.root": str(root), "data.num_instances": 0,
+                                 "data.eval_split": "train",
                                  "data.loader": "torchvision", "optim.batch_size": 4, "pic.K": 8, "pic.D": 12,
                                  "pic.S": 4, "optim.max_steps": 3, "data.image_size": 8}, "t")
     t = Trainer(cfg)

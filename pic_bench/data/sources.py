@@ -91,6 +91,7 @@ class Source:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     index_digest: str  # sha256 of the index -> file map (or of the in-memory data's selection)
+    eval_split: str = "test"  # what ``test`` is: test (the dataset's own) | val (a folder's val/) | train (asked for)
 
     @property
     def N(self) -> int:
@@ -242,17 +243,20 @@ def image_folder(cfg: DataConfig) -> Source:
     tr = _subset(len(files), cfg.num_instances, 1234)
     files = [files[i] for i in tr]
     labels = labels[tr]
-    if test_dir.is_dir():
+    if cfg.eval_split == "train":  # asked for explicitly: the row and the table say so
+        test, split = FolderSet(files, labels), "train"
+    elif test_dir.is_dir():
         tfiles, tlabels, tclasses = cached_listing(test_dir, guard=None)
         if tclasses != classes:
             raise DatasetError(f"{test_dir}: class folders differ from {train_dir}")
         te = _subset(len(tfiles), cfg.test_size, 4321)
-        test = FolderSet([tfiles[i] for i in te], tlabels[te])
-    else:  # no val/: evaluate on a held-out slice is impossible without leaking instances; reuse train
-        test = FolderSet(files, labels)
+        test, split = FolderSet([tfiles[i] for i in te], tlabels[te]), "val"
+    else:
+        raise DatasetError(f"{root}: no val/ split to evaluate on (data.eval_split=val). Add val/<class>/<image>, "
+                           "or set data.eval_split=train to evaluate on the training images themselves")
     digest = digest_files(files, train_dir)
     return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                  digest)
+                  digest, split)
 
 
 # ---- one listing per dataset, kept outside the dataset folder
