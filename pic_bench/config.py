@@ -108,11 +108,14 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0  # seeds every random stream: init, order, augmentation
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (cuda: this rank's GPU, cuda:<local rank> of SLURM or torchrun)
     threads: int = 0  # torch CPU threads (0 = torch's default)
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
-    checkpoint_every: int = 0  # save a checkpoint every this many steps (0 = only on request / at the end)
-    log_every: int = 50  # steps between progress-bar loss updates
+    precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls and convolutions on CUDA) | bf16 (autocast: backbone + head)
+    checkpoint_every: int = 200  # save every this many steps (0 = no periodic save: only on a stop request)
+    checkpoint_minutes: float = 0.0  # also save at the first log step this long after the last save (0 = off)
+    log_every: int = 50  # steps between loss reads (host sync, curve line, progress, stop agreement)
+    tensorboard: bool = False  # also write the curve to a TensorBoard SummaryWriter beside the curve file
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pic.scheduler": ("sliding", "epoch", "official"),
     "pic.storage": ("float32", "bfloat16"),
     "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("fp32", "tf32", "bf16"),
 }
 
 # Scale presets. `paper` follows the official training script (github bl0/PIC scripts/PIC.sh and
@@ -148,6 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "data.dataset": "imagefolder", "data.image_size": 224, "data.workers": 8,
         "model.arch": "resnet50", "optim.epochs": 200, "optim.warmup_epochs": 5,
+        "run.precision": "bf16", "run.checkpoint_minutes": 30.0,
     },
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
@@ -235,7 +240,9 @@ def from_dict(d: dict[str, Any], where: str = "dict") -> Config:
 # key out while it holds that value, and rows written before the key existed read as having it
 # (``with_added_keys``), so a committed row keeps its hash and is compared with new rows for what it really ran.
 # Add a key here in the commit that adds it to a dataclass above (its earlier value, not its new default).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "run.precision": "fp32", "run.checkpoint_minutes": 0.0, "run.tensorboard": False,
+}
 
 
 def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +264,7 @@ def config_hash(cfg: Config) -> str:
         section, name = dotted.split(".")
         if d[section].get(name) == earlier:
             del d[section][name]
-    d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic",)}
+    d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic", "precision")}
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("workers", "root")}
     blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -419,3 +426,8 @@ def validate(cfg: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: data.views must be >= 1, got {d.views}")
     if not 0 < d.crop_min <= 1:
         raise ConfigError(f"{where}: data.crop_min must be in (0, 1], got {d.crop_min}")
+    r = cfg.run
+    if r.log_every < 1 or r.checkpoint_every < 0 or r.checkpoint_minutes < 0:
+        raise ConfigError(f"{where}: need run.log_every >= 1, run.checkpoint_every >= 0 and "
+                          f"run.checkpoint_minutes >= 0, got {r.log_every}, {r.checkpoint_every}, "
+                          f"{r.checkpoint_minutes}")

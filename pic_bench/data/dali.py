@@ -315,14 +315,16 @@ class DaliLoader:
         cfg: the run config (batch size, views, workers = DALI threads, on_bad_image, seed, device).
         large, small: the recipes of the large views and of the multi-crop small views (None: no small views).
         device: "cpu" | "gpu" | None (None: GPU when the run uses CUDA).
+        device_id: the GPU's index (this rank's, from the trainer; None: CUDA's current device).
     """
 
     name = "dali"
     segment_samples = 1 << 20  # a file-reader pipeline covers at least this many stream positions
 
     def __init__(self, source: Source, schedule: Schedule, cfg: Config, large: Recipe, small: Recipe | None,
-                 device: str | None = None):
+                 device: str | None = None, device_id: int | None = None):
         d = cfg.data
+        self.device_id = device_id
         self.images, self.schedule, self.B, self.seed = source.train, schedule, cfg.optim.batch_size, cfg.run.seed
         self.recipes = [large] * d.views + ([small] * d.small_views if small is not None else [])
         self.views = d.views
@@ -362,7 +364,8 @@ class DaliLoader:
                     files[n], labels[n] = self._placeholder_file(), -1
         pipe = _graph(self._feed(a, b), self.recipes, self.channels, self.gpu, files, labels,
                       batch_size=self.B, num_threads=self.threads,
-                      device_id=torch.cuda.current_device() if self.gpu else None,
+                      device_id=(torch.cuda.current_device() if self.device_id is None else self.device_id)
+                      if self.gpu else None,
                       seed=int(view_rng(self.seed, a).integers(2**31)))  # unused by the graph; never constant
         names = [f"v{k}" for k in range(len(self.recipes))] + ["index"]
         return DALIGenericIterator([pipe], names)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import torch
+
 from ..config import Config
 from ..window import Schedule
 from .augment import recipes
@@ -13,7 +15,8 @@ def dali_available() -> bool:
     return importlib.util.find_spec("nvidia.dali") is not None
 
 
-def build_loader(cfg: Config, source: Source, schedule: Schedule):
+def build_loader(cfg: Config, source: Source, schedule: Schedule, device: torch.device | None = None):
+    """``device``: the rank's training device (DALI decodes on that GPU; the other loaders yield CPU batches)."""
     d = cfg.data
     large, small = recipes(d, source.channels, source.mean, source.std)
     kind = d.loader
@@ -22,7 +25,10 @@ def build_loader(cfg: Config, source: Source, schedule: Schedule):
     if kind == "dali":
         from .dali import DaliLoader  # the only place DALI is imported
 
-        return DaliLoader(source, schedule, cfg, large, small)
+        if device is None:
+            return DaliLoader(source, schedule, cfg, large, small)
+        return DaliLoader(source, schedule, cfg, large, small, "gpu" if device.type == "cuda" else "cpu",
+                          device.index if device.type == "cuda" else None)
     if kind == "batched":
         from .batched import BatchedLoader
 
