@@ -249,3 +249,17 @@ def test_local_rank_without_a_gpu_of_its_own_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(RuntimeError, match="local rank 2.*2 GPU"):
         distributed.local_device("auto")
+
+
+def test_global_batchnorm_makes_no_host_tensor_per_forward(monkeypatch):
+    """torch.tensor([...], device=cuda) copies from the host and waits: once per layer per forward before."""
+    gbn, ref = distributed.GlobalBatchNorm(3), torch.nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 4, 4)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    monkeypatch.setattr(distributed._AllReduceSum, "apply", staticmethod(lambda x: x))  # one rank, no group
+    y = gbn(x)
+    monkeypatch.undo()
+    assert made == []
+    torch.testing.assert_close(y, ref(x))

@@ -254,3 +254,17 @@ def test_checkpoints_on_a_time_budget_are_taken_at_log_steps(monkeypatch, tmp_pa
     monkeypatch.setattr(t, "train_step", step)
     t.train(checkpoint=tmp_path / "c.pt")
     assert saved == [4, 8, 12, 16]  # none at the end: the row follows (and its task deletes the checkpoint)
+
+
+def test_row_peak_memory_is_the_training_loops_not_evaluations(tmp_path, monkeypatch):
+    from pic_bench import train
+
+    evaluated = []
+    real_eval = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (evaluated.append(1), real_eval(self))[1])
+    monkeypatch.setattr(train, "peak_memory_mib", lambda device: 999.0 if evaluated else 100.0)
+    cfg = smoke(**{"optim.max_steps": 3})
+    row = run_task(Task("peak_test", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path)))
+    assert evaluated
+    assert row["metrics"]["peak_mem_mib"] == 100.0 and row["metrics"]["peak_mem_mib_ranks"] == [100.0]
+    assert row["metrics"]["peak_mem_kind"] == "cpu_peak_rss" and row["metrics"]["dali_pool_mib"] is None
