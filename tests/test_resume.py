@@ -174,3 +174,17 @@ def test_curve_has_a_line_every_log_every_steps_and_continues_on_resume(uninterr
     assert t.step == 12
     t.train(checkpoint=ckpt, curve=part)
     assert [(r["step"], r["loss"], r["lr"]) for r in _curve(part)] == [(r["step"], r["loss"], r["lr"]) for r in lines]
+
+
+def test_tensorboard_writer_is_optional(tmp_path, capsys):
+    """run.tensorboard=true writes beside the curve where tensorboard is installed, and says why not elsewhere;
+    the curve file is written either way."""
+    import importlib.util
+
+    t = Trainer(smoke_cfg(**{"run.tensorboard": True, "optim.max_steps": 5}))
+    t.train(curve=tmp_path / "c.jsonl")
+    assert [r["step"] for r in _curve(tmp_path / "c.jsonl")] == [5]
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "run.tensorboard: not written" in capsys.readouterr().err
+    else:
+        assert (tmp_path / "c.tb").is_dir()
