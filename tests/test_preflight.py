@@ -46,3 +46,11 @@ def test_a_broken_check_is_named_first_and_fails_the_run(tmp_path, monkeypatch, 
     r = json.loads(next(tmp_path.glob("preflight-*.json")).read_text())
     assert r["first_broken"] == "head" and "the head is broken" in r["checks"]["head"]["why"]
     assert "FIRST BROKEN: head" in capsys.readouterr().err
+
+
+def test_slurm_executor_refuses_a_missing_cluster_file_before_submitting(tmp_path, capsys):
+    missing = tmp_path / "nosuch.yaml"
+    assert preflight.main(["--executor", "slurm", "--cluster", str(missing), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nosuch.yaml" in err
+    assert not list(tmp_path.glob("preflight-*.json"))
