@@ -411,7 +411,11 @@ def submit(out_dir: Path, repeats: int, cluster: str, overrides: list[str]) -> i
     if cc.gpus_per_node:
         params["gpus_per_node"] = cc.gpus_per_node
     ex.update_parameters(**params)
-    job = ex.submit(_in_job, str(out_dir.resolve()), repeats)
+    # by reference to this module, never as __main__'s copy (under ``python -m`` the job would unpickle a
+    # __main__ whose spawned ranks cannot be pickled again)
+    from . import preflight as this
+
+    job = ex.submit(this._in_job, str(out_dir.resolve()), repeats)
     print(f"submitted preflight job {job.job_id} (log: {job.paths.stdout}); waiting", file=sys.stderr)
     report = job.result()
     return _summary(report, write_report(report, out_dir))
