@@ -121,12 +121,15 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0  # seeds every random stream: init, order, augmentation
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (cuda: this rank's GPU, cuda:<local rank> of SLURM or torchrun)
     threads: int = 0  # torch CPU threads (0 = torch's default)
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
-    checkpoint_every: int = 0  # checkpoint every this many steps (0 = only when preempted); the backbone is always
-    # written at the end (run_task), the checkpoint deleted after a successful run
-    log_every: int = 50  # steps between progress-bar loss updates
+    precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls and convolutions on CUDA) | bf16 (autocast: backbone + head)
+    checkpoint_every: int = 200  # save every this many steps (0 = no periodic save: only on a stop request); the
+    # backbone is always written at the end (run_task), the checkpoint deleted after a successful run
+    checkpoint_minutes: float = 0.0  # also save at the first log step this long after the last save (0 = off)
+    log_every: int = 50  # steps between loss reads (host sync, curve line, progress, stop agreement)
+    tensorboard: bool = False  # also write the curve to a TensorBoard SummaryWriter beside the curve file
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pic.scheduler": ("sliding", "epoch", "official"),
     "pic.storage": ("float32", "bfloat16"),
     "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("fp32", "tf32", "bf16"),
 }
 
 # Scale presets. `paper` follows the official training script (github bl0/PIC scripts/PIC.sh and
@@ -166,6 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.dataset": "imagefolder", "data.image_size": 224, "data.workers": 8,
         "model.arch": "resnet50", "optim.epochs": 200, "optim.warmup_epochs": 5,
         "eval.protocol": "linear_sgd", "eval.pixels_size": 32,
+        "run.precision": "bf16", "run.checkpoint_minutes": 30.0,
     },
     "small": {
         "data.dataset": "fashion_mnist", "data.num_instances": 10000, "data.test_size": 10000,
@@ -265,6 +270,7 @@ ADDED_KEYS: dict[str, Any] = {
     "data.eval_split": "val", "eval.protocol": "probe", "eval.feature_dtype": "auto", "eval.sgd_epochs": 100,
     "eval.sgd_batch": 256, "eval.sgd_lr": 30.0, "eval.sgd_momentum": 0.9, "eval.sgd_weight_decay": 0.0,
     "eval.sgd_warmup_epochs": 5.0, "eval.sgd_crop_min": 0.08, "eval.pixels_size": 0,
+    "run.precision": "fp32", "run.checkpoint_minutes": 0.0, "run.tensorboard": False,
 }
 
 
@@ -287,7 +293,7 @@ def config_hash(cfg: Config) -> str:
         section, name = dotted.split(".")
         if d[section].get(name) == earlier:
             del d[section][name]
-    d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic",)}
+    d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic", "precision")}
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("workers", "root")}
     blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
@@ -686,3 +692,5 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
                                  "must be >= 0 (0 = data.image_size)")):
         if not ok:
             refuse(key, why, value)
+    if cfg.run.checkpoint_minutes < 0:
+        refuse("run.checkpoint_minutes", "must be >= 0 (0 = off)")

@@ -21,9 +21,16 @@ backbone's work split by rows of the batch. Concretely:
   floats (0.6 GiB for w and u) replication is simpler and exact.
 - **BatchNorm** uses the global batch's statistics (``GlobalBatchNorm``, sums all-reduced with autograd), so
   the function computed equals the one-process one; torch's SyncBatchNorm is GPU-only, this works on both.
-- **Agreement.** The loss value, the finite-loss check and the stop request (preemption) are all-reduced every
-  step, so every rank stops, or fails, at the same step. Only rank 0 writes checkpoints and result rows; every
-  rank resumes from the same checkpoint.
+- **Agreement, at log steps only.** The losses since the last read, the stop request (preemption) and rank 0's
+  "a timed checkpoint is due" travel in one all-reduce every ``run.log_every`` steps (and at checkpoint steps
+  and the end), never per step: a per-step read would stall the GPU's queue. Every rank therefore stops, fails
+  or saves at the same step; a stop request is honoured within ``log_every`` steps (SLURM's signal comes
+  ``signal_delay_s`` = 90 s early, so keep ``log_every`` x step time well under that at paper scale). Only
+  rank 0 writes checkpoints (the others wait at a barrier for the write only) and result rows; every rank
+  resumes from the same checkpoint.
+- **Devices.** Each rank's device is resolved once, ``local_device``: ``cuda:<local rank>`` from SLURM's
+  ``SLURM_LOCALID`` or torchrun's ``LOCAL_RANK``, and handed to every consumer (model, w and u, loader, this
+  layer); nothing reads CUDA's current device, which is per thread (training runs in a worker thread).
 
 A 2-process CPU run matches a 1-process run with the same global batch within float rounding, since only the
 order of sums differs (all-reduce, BatchNorm over ranks). tests/test_distributed.py allows, after 8 steps, 1e-5
@@ -47,6 +54,9 @@ class Single:
     rank, world = 0, 1
     is_main = True
 
+    def __init__(self, device: torch.device | None = None):
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of a global batch of n."""
         return 0, n
@@ -60,6 +70,18 @@ class Single:
     def agree(self, flag: bool) -> bool:
         return flag
 
+    def read(self, losses: list[torch.Tensor], flags: list[bool]) -> tuple[list[float], list[bool]]:
+        """The host sync of a log step: this rank's pending per-step losses (0-d device tensors) as floats,
+        averaged over ranks, and each flag True when it is True on any rank, in one collective."""
+        return torch.stack(losses).double().tolist() if losses else [], list(flags)
+
+    def barrier(self) -> None:
+        return None
+
+    def gather_floats(self, value: float) -> list[float]:
+        """[value of rank 0, value of rank 1, ...]."""
+        return [value]
+
     def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         return None
 
@@ -67,11 +89,12 @@ class Single:
 class DataParallel(Single):
     """W ranks of one process group (``torch.distributed`` already initialised)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | None = None):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) \
-            if dist.get_backend() == "nccl" else torch.device("cpu")
+        if dist.get_backend() == "nccl" and (device is None or torch.device(device).type != "cuda"):
+            raise RuntimeError("an NCCL process group needs this rank's CUDA device (distributed.local_device)")
+        self.device = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def shard(self, n: int) -> tuple[int, int]:
         if n % self.world:
@@ -98,6 +121,27 @@ class DataParallel(Single):
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t)
 
+    def read(self, losses: list[torch.Tensor], flags: list[bool]) -> tuple[list[float], list[bool]]:
+        # float64 sums, as one float per step was all-reduced before; flags ride along as 0/1 counts
+        local = torch.stack(losses).double() if losses else torch.zeros(0, dtype=torch.float64, device=self.device)
+        t = torch.cat([local.to(self.device), torch.tensor([float(f) for f in flags], dtype=torch.float64,
+                                                           device=self.device)])
+        dist.all_reduce(t)
+        values = t.tolist()
+        n = len(losses)
+        return [v / self.world for v in values[:n]], [v > 0 for v in values[n:]]
+
+    def barrier(self) -> None:
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+    def gather_floats(self, value: float) -> list[float]:
+        out = [torch.zeros(1, dtype=torch.float64, device=self.device) for _ in range(self.world)]
+        dist.all_gather(out, torch.tensor([value], dtype=torch.float64, device=self.device))
+        return [float(t) for t in out]
+
     def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         """grad <- mean over ranks, for every tensor that has one: one flat all-reduce (a single bucket)."""
         grads = [t.grad for t in tensors if t.grad is not None]
@@ -112,11 +156,34 @@ class DataParallel(Single):
             offset += g.numel()
 
 
-def current() -> Single:
-    """The running process group as a ``DataParallel``, or ``Single`` when there is none (or only one rank)."""
+def current(device: torch.device | None = None) -> Single:
+    """The running process group as a ``DataParallel``, or ``Single`` when there is none (or only one rank);
+    ``device`` is this rank's, from ``local_device``."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return DataParallel()
-    return Single()
+        return DataParallel(device)
+    return Single(device)
+
+
+def local_device(name: str = "auto") -> torch.device:
+    """This rank's device, resolved once from ``run.device`` and the launcher: ``cuda:<local rank>``.
+
+    auto: CUDA when there is one, else the CPU; cuda: CUDA or an error. A local rank without a GPU of its own
+    is an error (two ranks on one GPU make NCCL fail with "Duplicate GPU", or silently halve the speed)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if name == "cuda":
+            raise RuntimeError("run.device=cuda but no CUDA device is available")
+        return torch.device("cpu")
+    found = env_rank_world()
+    local = found[1] if found else 0
+    n = torch.cuda.device_count()
+    if local >= n:
+        raise RuntimeError(
+            f"rank {found[0] if found else 0} (local rank {local}) has no GPU of its own: this node shows {n} "
+            f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run at most one "
+            f"rank per GPU (tasks_per_node <= gpus_per_node)")
+    return torch.device("cuda", local)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -149,8 +216,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         dims = [0] + list(range(2, x.dim()))  # every axis but the channels
         n_local = x.numel() // x.shape[1]
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims),
-                           torch.tensor([float(n_local)], dtype=x.dtype, device=x.device)])  # (2C + 1,)
+        dtype = x.dtype
+        x = x.float()  # statistics in float32 also under bf16 autocast (a no-op in float32)
+        # the row count by a fill on the device: torch.tensor([...], device=cuda) would copy from the host and
+        # wait, every BatchNorm layer of every forward
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_full((1,), float(n_local))])  # (2C + 1,)
         stats = _AllReduceSum.apply(stats)
         C = x.shape[1]
         n = stats[-1]
@@ -166,7 +236,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
@@ -204,7 +274,7 @@ def init_from_env(device: str = "auto") -> Single:
     GPU of its local rank.
     """
     if dist.is_initialized():
-        return current()
+        return current(local_device(device))
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
@@ -213,14 +283,18 @@ def init_from_env(device: str = "auto") -> Single:
     found = env_rank_world()
     if found is None or found[2] == 1:
         return Single()
-    rank, local_rank, world = found
-    cuda = device != "cpu" and torch.cuda.is_available()
+    rank, _, world = found
+    dev = local_device(device)
+    cuda = dev.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)  # for this (the main) thread; the Trainer sets it again in the one that trains
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
-    return current()
+    if cuda:  # binds the NCCL communicator to this rank's GPU (no guess from the current device)
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=dev)
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    return current(dev)
 
 
 def shutdown() -> None:

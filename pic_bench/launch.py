@@ -63,7 +63,7 @@ class ClusterConfig:
     time_min: int = 60  # time limit of one job segment, minutes (a requeued job gets a fresh one)
     signal_delay_s: int = 90  # SIGUSR2 this long before the time limit: checkpoint and requeue
     max_requeues: int = 5  # time-outs and preemptions a task may go through before it gives up
-    checkpoint_every: int = 200  # periodic checkpoint every this many steps, for tasks with run.checkpoint_every=0
+    checkpoint_every: int = 200  # periodic checkpoint every this many steps for every task (0: run.checkpoint_every)
     step_s: float = 0.0  # expected seconds per step here, for the time-limit check (0 = from landed rows)
     array_parallelism: int = 64  # array tasks running at once
     folder: str = "slurm/logs"  # submitit's pickles and logs (one sub-folder per job array)
@@ -170,7 +170,9 @@ def landed_step_s(results_dir: Path, ablation: str, preset: str) -> float | None
 
 
 def checkpoint_every(task: Task, cc: ClusterConfig) -> int:
-    return task.cfg.run.checkpoint_every or cc.checkpoint_every
+    # the cluster's interval wins: it is checked against the cluster's time limit (run.checkpoint_every is on, 200,
+    # by default, so it cannot mean "unset")
+    return cc.checkpoint_every or task.cfg.run.checkpoint_every
 
 
 def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster",
@@ -429,7 +431,7 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
               file=sys.stderr)
     jobs = []
     if todo:
-        todo = [t if t.cfg.run.checkpoint_every else  # run.* is outside the config hash: the cell is unchanged
+        todo = [t if not cc.checkpoint_every else  # run.* is outside the config hash: the cell is unchanged
                 dataclasses.replace(t, cfg=apply(t.cfg, {"run.checkpoint_every": cc.checkpoint_every}, "cluster"))
                 for t in todo]
         ex = submitit.SlurmExecutor(folder=Path(cc.folder) / "%j", max_num_timeout=cc.max_requeues)

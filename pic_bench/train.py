@@ -6,13 +6,36 @@
 State lives in three places: the network (with its optimizer), the instance classifier (w and its momentum u)
 and the scheduler position (the global step). All three, the RNG states and the meters go into a checkpoint;
 the recent-negatives ring is rebuilt from the scheduler on resume.
+
+On a GPU's terms (our reading of what the paper's official code, apex O1 on 4-8 GPUs, needs here):
+
+- **One device per rank**, resolved once (``distributed.local_device``: ``cuda:<local rank>``) and handed to the
+  model, w and u, the loader and the data-parallel layer; ``torch.cuda.set_device`` in the thread that trains.
+- **No host sync inside the step loop** but every ``run.log_every`` steps (and at checkpoint steps and the
+  end): each step's loss stays a device tensor until then; at a log step the pending losses are read (and
+  averaged over ranks) in one go, checked for finiteness, appended to the curve and the progress line, and the
+  ranks agree on a stop request and a timed checkpoint. A non-finite loss is therefore caught up to
+  ``log_every`` steps late (the error names the first bad step). A stop request is honoured at once in one
+  process and at the next log step with several. Step times on CUDA are the log window's wall time over its
+  steps (no per-step synchronize); on the CPU each step is timed as before.
+- **Precision** (``run.precision``): fp32 (TF32 off), tf32, or bf16 autocast around the backbone and projection
+  head only; z is cast to float32 before the instance classifier, whose math stays float32 and whose storage
+  is ``pic.storage``'s. channels_last and cudnn.benchmark (unless deterministic) on CUDA.
+- **Checkpoints** every ``run.checkpoint_every`` steps and at the first log step ``run.checkpoint_minutes``
+  after the last save, on a stop request, written by rank 0 while the others wait at a barrier for the write.
+  RNG states are stored as bytes, so a checkpoint loads with any ``map_location``.
+- **The curve**: one JSON line {"step", "loss", "lr", "wall_s"} per log step and at the end (loss: mean over
+  the steps since the previous log step; lr: the last step's; wall_s: training time over every segment); a
+  resumed run drops lines past its checkpoint and continues the file.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +92,31 @@ def lr_schedule(base: float, steps: int, warmup: int) -> np.ndarray:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is available")
-    return torch.device(name)
+    """This rank's device for ``run.device`` (``cuda:<local rank>`` under SLURM or torchrun)."""
+    return distributed.local_device(name)
+
+
+def set_precision(precision: str, device: torch.device, deterministic: bool) -> str:
+    """Sets torch's global math flags for ``run.precision`` on ``device``; returns the precision that runs
+    (on a CPU tf32 does not exist: fp32)."""
+    if device.type != "cuda":
+        return "bf16" if precision == "bf16" else "fp32"
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32  # torch's default is True: fp32 means fp32 here
+    torch.backends.cudnn.benchmark = not deterministic
+    return precision
+
+
+def _rng_bytes(state: torch.Tensor) -> bytes:
+    return state.numpy().tobytes()
+
+
+def _rng_tensor(state: Any) -> torch.Tensor:
+    """A CPU ByteTensor from a checkpoint's RNG state: bytes, or (older checkpoints) a tensor on any device."""
+    if isinstance(state, (bytes, bytearray)):
+        return torch.frombuffer(bytearray(state), dtype=torch.uint8)
+    return state.to("cpu", torch.uint8)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,6 +135,12 @@ def reset_peak_memory(device: torch.device) -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def dali_pool_mib(loader: Any) -> float | None:
+    """DALI's own device memory (its pool is outside torch's allocator), where the loader reports it."""
+    report = getattr(loader, "memory_mib", None)
+    return report() if callable(report) else None
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -136,8 +185,14 @@ class Trainer:
     def __init__(self, cfg: Config, source: Source | None = None):
         self.cfg = cfg
         p, o = cfg.pic, cfg.optim
-        # --- device and seeds
+        # --- device, precision and seeds
         self.device = resolve_device(cfg.run.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # per thread: this is the thread that trains
+        precision = set_precision(cfg.run.precision, self.device, cfg.run.deterministic)
+        self.bf16 = precision == "bf16"
+        self.channels_last = self.device.type == "cuda"
+        self.clock = time.monotonic  # for checkpoint_minutes (a test replaces it)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.deterministic:
@@ -147,14 +202,18 @@ class Trainer:
         self.source = source or load_source(cfg.data, cfg.run.seed)
         self.N = self.source.N
         self.derived = derive(cfg, self.N)
+        self.derived["precision"] = precision
         self.schedule = make_schedule(p.scheduler, self.N, p.D, p.S, cfg.run.seed, p.official_shuffle)
-        ranks = distributed.current()  # each rank reads and decodes only its rows of the global batch
-        self.loader = build_loader(cfg, self.source, self.schedule, shard=(ranks.rank, ranks.world))
+        ranks = distributed.current(self.device)  # each rank reads and decodes only its rows of the global batch
+        self.loader = build_loader(cfg, self.source, self.schedule, shard=(ranks.rank, ranks.world),
+                                   device=self.device)
         self.derived["loader"] = self.loader.name  # which loader ran, for the result row
         # --- model and its optimizer
         self.model = PICModel(cfg.model, self.source.channels).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         # --- data parallel across ranks (a no-op in one process; how PIC is split: see distributed.py)
-        self.dist = distributed.current()
+        self.dist = distributed.current(self.device)
         self.model = self.dist.prepare_model(self.model)
         self.derived["ranks"] = self.dist.world
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.derived["lr"], momentum=o.momentum,
@@ -178,8 +237,12 @@ class Trainer:
             "w": self.w, "u": self.u, "meters": self.meters.__dict__,
             # the scheduler's state from the ring's first position on (the official sampler is sequential)
             "schedule": self.schedule.state_dict(self.step * self.cfg.optim.batch_size - self.negatives.K),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+            # bytes, not tensors: torch.load(map_location=<cuda>) would move ByteTensors off the CPU, where
+            # torch.set_rng_state refuses them
+            "rng": {"torch": _rng_bytes(torch.get_rng_state()), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": [_rng_bytes(t) for t in torch.cuda.get_rng_state_all()]
+                    if self.device.type == "cuda" else None},
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -189,11 +252,11 @@ class Trainer:
         self.w.copy_(sd["w"])
         self.u.copy_(sd["u"])
         self.meters = Meters(**sd["meters"])
-        torch.set_rng_state(sd["rng"]["torch"])
+        torch.set_rng_state(_rng_tensor(sd["rng"]["torch"]))
         np.random.set_state(sd["rng"]["numpy"])
         random.setstate(sd["rng"]["python"])
-        if sd["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state_all(sd["rng"]["cuda"])
+        if sd["rng"]["cuda"] is not None and self.device.type == "cuda":  # a CPU resume keeps its own
+            torch.cuda.set_rng_state_all([_rng_tensor(t) for t in sd["rng"]["cuda"]])
         if "schedule" in sd:  # checkpoints written before it was kept replay the official sampler from window 0
             self.schedule.load_state_dict(sd["schedule"])
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
@@ -207,11 +270,29 @@ class Trainer:
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
 
+    def save_all(self, path: Path) -> None:
+        """A collective save: rank 0 writes, the others wait for the write only (then all may read it)."""
+        self.save(path)
+        self.dist.barrier()
+
     def load(self, path: Path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        if self.dist.is_main:
+            print(f"resuming from step {self.step} of {self.derived['steps']}: {path}", file=sys.stderr)
+
+    def z(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's z (B, d) in float32 for the classifier; bf16 autocast inside for run.precision=bf16."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.bf16:
+            return self.model(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            z = self.model(x)
+        return z.float()
 
     # ---- one step, in the paper's order
-    def train_step(self, batch: Batch) -> float:
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        """One step; returns this rank's loss as a 0-d device tensor (read by ``train`` at log steps only)."""
         cfg, p = self.cfg, self.cfg.pic
         lr = float(self.lr[self.step])
         for group in self.opt.param_groups:
@@ -223,12 +304,9 @@ class Trainer:
         # closed form with one gather of w[U] (rows) that the update reuses. Small views do not train w.
         if p.fast_head:
             rows = head.gather(self.w, U, cosine, self.head_ws)
-            zs = [self.model(x) for x in [*batch.views, *batch.small_views]]
+            zs = [self.z(x) for x in [*batch.views, *batch.small_views]]
             loss, grads_z, dwn = head.views_loss_and_grads(zs, len(batch.views), rows, target[lo:hi], p.tau,
                                                            cosine, self.head_ws)
-            value = self.dist.mean(float(loss))
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"non-finite loss {value} at step {self.step} (lr {lr:.4g})")
             self.opt.zero_grad(set_to_none=True)
             torch.autograd.backward(zs, grads_z)
             rows.wn.grad = dwn  # dL/dwn, averaged over ranks with the backbone's gradients
@@ -236,62 +314,138 @@ class Trainer:
             self.opt.step()
             head.update(self.w, self.u, rows, dwn, lr, cfg.optim.momentum, cfg.optim.weight_decay, p.correction,
                         self.head_ws)
-            return value
+            return loss.detach()
         # --- plain path (the reference)
         w_U = (self.w if U.numel() == self.N else self.w.index_select(0, U)).detach().float().requires_grad_()
-        losses = [pic_loss(self.model(x), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
+        losses = [pic_loss(self.z(x), w_U, target[lo:hi], p.tau, cosine) for x in batch.views]
         for x in batch.small_views:  # multi-crop small views train the network only (w detached, as official)
             losses.append(torch.nn.functional.cross_entropy(
-                pic_logits(self.model(x), w_U.detach(), p.tau, cosine), target[lo:hi]))
+                pic_logits(self.z(x), w_U.detach(), p.tau, cosine), target[lo:hi]))
         loss = torch.stack(losses).mean()
-        value = self.dist.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"non-finite loss {value} at step {self.step} (lr {lr:.4g})")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.average_gradients([*self.model.parameters(), w_U])  # -> gradient of the global-batch loss
         self.opt.step()
         update_rows(self.w, self.u, U, w_U.grad, lr, cfg.optim.momentum, cfg.optim.weight_decay, p.correction)
-        return value
+        return loss.detach()
 
     def train(self, should_stop: Callable[[], bool] = lambda: False, checkpoint: Path | None = None,
-              progress: Callable[[int, int, float], None] | None = None) -> dict[str, float]:
+              progress: Callable[[int, int, float], None] | None = None,
+              curve: Path | None = None) -> dict[str, Any]:
+        """The step loop, from ``self.step`` to the last step; returns the meters' summary and the peak memory.
+
+        ``should_stop`` is asked once per step (a stop saves ``checkpoint`` and raises ``Preempted``);
+        ``progress(step, steps, loss)`` and ``curve`` (JSON lines) are fed at log steps.
+        """
         steps = self.derived["steps"]
-        every = self.cfg.run.checkpoint_every
+        r = self.cfg.run
+        every, log_every, budget_s = r.checkpoint_every, r.log_every, r.checkpoint_minutes * 60
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(self.device)
+        curve_out = _Curve(curve, self.step, r.tensorboard) if curve is not None else None
         start_wall = time.perf_counter()
+        last_save = self.clock()
+        pending: list[torch.Tensor] = []  # this rank's losses not read yet (device tensors)
+        stop = False
         it = self.loader.iterate(self.step, steps)
-        t_wait = time.perf_counter()
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        t_wait = window_t0 = time.perf_counter()
+        window_wait_ms: list[float] = []
+
+        def read(flags: list[bool]) -> list[bool]:
+            """The host sync: pending losses -> meters (checked), and the flags agreed over ranks."""
+            nonlocal pending, window_t0
+            values, agreed = self.dist.read(pending, flags)
+            first = self.step - len(pending)  # the step index of values[0]
+            if cuda:  # the window's wall time over its steps: the read above waited for the device
+                n = len(window_wait_ms)
+                busy = ((time.perf_counter() - window_t0) * 1e3 - sum(window_wait_ms)) / max(n, 1)
+                self.meters.step_ms.extend([busy] * n)
+                window_wait_ms.clear()
+            pending = []
+            for i, v in enumerate(values):
+                if not math.isfinite(v):
+                    self.meters.losses.extend(values[:i])
+                    raise NonFiniteLoss(f"non-finite loss {v} at step {first + i} "
+                                        f"(lr {float(self.lr[first + i]):.4g})")
+            self.meters.losses.extend(values)
+            return agreed
+
+        def stop_here() -> None:
+            nonlocal start_wall
+            if checkpoint is not None:
+                self.meters.wall_s += time.perf_counter() - start_wall
+                start_wall = time.perf_counter()
+                self.save_all(checkpoint)
+            raise Preempted(f"stopped at step {self.step}")
+
         try:
             while self.step < steps:
-                if self.dist.agree(should_stop()):  # every rank stops at the same step
-                    if checkpoint is not None:
-                        self.meters.wall_s += time.perf_counter() - start_wall
-                        self.save(checkpoint)
-                    raise Preempted(f"stopped at step {self.step}")
+                stop = stop or bool(should_stop())
+                if stop and self.dist.world == 1:  # one process: nothing to agree on, stop at once
+                    read([])
+                    stop_here()
                 batch = next(it).to(self.device)
                 t0 = time.perf_counter()
-                value = self.train_step(batch)
-                sync()
+                pending.append(self.train_step(batch))
                 t1 = time.perf_counter()
-                self.meters.step_ms.append((t1 - t0) * 1e3)
+                if cuda:
+                    window_wait_ms.append((t0 - t_wait) * 1e3)
+                else:  # a CPU step is done when train_step returns: time each one, as rows always did
+                    self.meters.step_ms.append((t1 - t0) * 1e3)
                 self.meters.wait_ms.append((t0 - t_wait) * 1e3)
-                self.meters.losses.append(value)
                 self.meters.skipped += batch.skipped
                 self.step += 1
-                if progress:
-                    progress(self.step, steps, value)
-                if every and checkpoint is not None and self.step % every == 0 and self.step < steps:
-                    self.meters.wall_s += time.perf_counter() - start_wall
-                    start_wall = time.perf_counter()
-                    self.save(checkpoint)
+                at_log = self.step % log_every == 0 or self.step == steps
+                at_every = bool(every) and checkpoint is not None and self.step % every == 0 and self.step < steps
+                if at_log or at_every:
+                    # rank 0's clock decides a timed checkpoint; the read makes every rank take it
+                    due = (at_log and budget_s > 0 and checkpoint is not None and self.step < steps
+                           and self.dist.is_main and self.clock() - last_save >= budget_s)
+                    stop_any, due_any = read([stop, due])
+                    if at_log:
+                        self._log(progress, curve_out, steps, log_every, time.perf_counter() - start_wall)
+                    if stop_any:
+                        stop_here()
+                    if at_every or due_any:
+                        self.meters.wall_s += time.perf_counter() - start_wall
+                        start_wall = time.perf_counter()
+                        self.save_all(checkpoint)
+                        last_save = self.clock()
+                    window_t0 = time.perf_counter()
                 t_wait = time.perf_counter()
         finally:
             close = getattr(it, "close", None)
             if close:
                 close()
+            if curve_out is not None:
+                curve_out.close()
         self.meters.wall_s += time.perf_counter() - start_wall
-        return self.meters.summary(self.cfg.optim.batch_size)
+        out: dict[str, Any] = self.meters.summary(self.cfg.optim.batch_size)
+        out.update(self.memory())
+        return out
+
+    def _log(self, progress, curve_out, steps: int, log_every: int, segment_s: float) -> None:
+        """A log step: the mean loss since the previous log step to the curve, progress and the job's log."""
+        prev = (self.step - 1) // log_every * log_every
+        window = self.meters.losses[prev:self.step]
+        loss = sum(window) / len(window)
+        lr = float(self.lr[self.step - 1])
+        wall = self.meters.wall_s + segment_s
+        if curve_out is not None and self.dist.is_main:
+            curve_out.write(self.step, loss, lr, wall)
+        if progress:
+            progress(self.step, steps, loss)
+        elif self.dist.is_main:  # no progress bar (a SLURM task): the job's log shows where training is
+            print(f"step {self.step}/{steps} loss {loss:.4f} lr {lr:.4g} ({wall:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+    def memory(self) -> dict[str, Any]:
+        """The training loop's peak memory (read at the end of training, before evaluation), per rank."""
+        ranks = self.dist.gather_floats(peak_memory_mib(self.device))
+        return {"peak_mem_mib": max(ranks), "peak_mem_mib_ranks": ranks,
+                "peak_mem_kind": "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss",
+                "dali_pool_mib": dali_pool_mib(self.loader)}
 
     def evaluate(self, progress=None) -> dict[str, float]:
         """kNN and the linear protocol; ``progress`` (evaluate.Progress) keeps what is done for a rerun."""
@@ -319,3 +473,45 @@ def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tu
     if kind == "pixels":
         derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
     return m, derived
+
+
+def _curve_step(line: str) -> float:
+    """The step of a curve line; a line cut by a kill (or blank) counts as past every step, so it is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
+class _Curve:
+    """The loss curve file (JSON lines), continued on resume: lines past the resumed step are dropped first."""
+
+    def __init__(self, path: Path, step: int, tensorboard: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines() if _curve_step(line) <= step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        self.f = open(self.path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # optional: the curve file is the record
+                print(f"run.tensorboard: not written ({e})", file=sys.stderr)
+            else:
+                self.tb = SummaryWriter(str(self.path.with_suffix(".tb")), purge_step=step + 1)
+
+    def write(self, step: int, loss: float, lr: float, wall_s: float) -> None:
+        self.f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "wall_s": round(wall_s, 3)}) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("loss", loss, step)
+            self.tb.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -156,7 +156,9 @@ def test_ranks_hold_identical_replicas(runs, path):
 
 def test_a_stop_on_rank_0_stops_every_rank_and_resumes(runs):
     two, one = runs
-    assert [r["preempted_at"] for r in two] == [3, 3]  # rank 1 was never asked, it stopped at the same step
+    # asked before step 3, honoured at the next log step (smoke: log_every 5), where the ranks agree on it;
+    # rank 1 was never asked and stopped at the same step
+    assert [r["preempted_at"] for r in two] == [5, 5]
     assert two[0]["ckpt_written"]
     for r in two:
         assert_close(r["resumed"], one["full"])
@@ -172,3 +174,92 @@ def test_batch_that_does_not_split_is_refused():
         Fake().shard(32)
     assert Fake().shard(33) == (11, 22)
     assert distributed.Single().shard(32) == (0, 32)
+
+
+# ---- one device per rank, resolved once (issue 11 item 1): no consumer may rely on CUDA's current device
+
+def test_rank_3_of_4_puts_every_consumer_on_cuda_3(monkeypatch):
+    """A CPU stand-in for a 4-GPU node: CUDA is reported present, the launcher says local rank 3. Tensors bound
+    for CUDA are put on the meta device instead (nothing is allocated), and every device asked for is recorded."""
+    import threading
+
+    from pic_bench import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # what a fresh thread sees
+    set_calls, asked = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_calls.append((torch.device(d),
+                                                                             threading.current_thread().name)))
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        args = list(args)
+        if args and isinstance(args[0], (torch.device, str)) and torch.device(args[0]).type == "cuda":
+            asked.append(torch.device(args[0]))
+            args[0] = torch.device("meta")
+        if kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cuda":
+            asked.append(torch.device(kwargs["device"]))
+            kwargs["device"] = torch.device("meta")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    loader_devices = []
+    real_build = train.build_loader
+
+    def build_loader(cfg, source, schedule, device=None):
+        loader_devices.append(device)
+        return real_build(cfg, source, schedule, torch.device("cpu"))
+
+    monkeypatch.setattr(train, "build_loader", build_loader)
+    out = {}
+
+    def work():  # as launch.ArrayTask does: the Trainer is built in a worker thread
+        out["t"] = Trainer(build("smoke", {"run.device": "auto", "pic.K": 0}))
+
+    th = threading.Thread(target=work, name="trainer-thread")
+    th.start()
+    th.join()
+    t = out["t"]
+    cuda3 = torch.device("cuda", 3)
+    assert t.device == cuda3
+    assert loader_devices == [cuda3]  # DALI's device_id comes from it
+    assert (cuda3, "trainer-thread") in set_calls  # the current device is set in the thread that trains
+    assert asked and set(asked) == {cuda3}  # model parameters, buffers, w and u
+    assert all(p.device.type == "meta" for p in t.model.parameters()) and t.w.device.type == "meta"
+    assert t.u.device.type == "meta" and t.dist.device == cuda3
+
+
+def test_data_parallel_device_is_the_resolved_one_not_the_current_device(monkeypatch):
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert distributed.DataParallel(torch.device("cuda", 3)).device == torch.device("cuda", 3)
+
+
+def test_local_rank_without_a_gpu_of_its_own_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(RuntimeError, match="local rank 2.*2 GPU"):
+        distributed.local_device("auto")
+
+
+def test_global_batchnorm_makes_no_host_tensor_per_forward(monkeypatch):
+    """torch.tensor([...], device=cuda) copies from the host and waits: once per layer per forward before."""
+    gbn, ref = distributed.GlobalBatchNorm(3), torch.nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 4, 4)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    monkeypatch.setattr(distributed._AllReduceSum, "apply", staticmethod(lambda x: x))  # one rank, no group
+    y = gbn(x)
+    monkeypatch.undo()
+    assert made == []
+    torch.testing.assert_close(y, ref(x))

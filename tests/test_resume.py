@@ -127,3 +127,94 @@ def test_every_run_writes_its_loss_curve_named_in_the_row_and_a_resume_drops_the
     assert row2["derived"]["resumed_from_step"] == 7
     got = [json.loads(x) for x in t.curve.read_text().splitlines()]
     assert [(x["step"], x["loss"], x["lr"]) for x in got] == [(x["step"], x["loss"], x["lr"]) for x in lines]
+
+
+# ---- checkpoints that load anywhere, resume by default, curves (issues 11 and 14; helper C1)
+
+def test_rng_states_restore_when_the_checkpoint_tensors_are_mapped_off_the_cpu(tmp_path):
+    """torch.load(map_location=<cuda>) moves every tensor; the RNG states must still restore (as CPU
+    ByteTensors). The meta device stands in for CUDA: the RNG part of the checkpoint is loaded with it."""
+    t = Trainer(smoke_cfg())
+    with pytest.raises(Preempted):
+        t.train(should_stop=stop_at({4}), checkpoint=tmp_path / "c.pt")
+    saved = torch.get_rng_state().clone()
+    on_cpu = torch.load(tmp_path / "c.pt", map_location="cpu", weights_only=False)
+    mapped = torch.load(tmp_path / "c.pt", map_location="meta", weights_only=False)
+    fresh = Trainer(smoke_cfg())
+    torch.manual_seed(12345)  # a different state, which the load must replace
+    fresh.load_state_dict({**on_cpu, "rng": mapped["rng"]})
+    assert torch.equal(torch.get_rng_state(), saved)
+    def to_meta(storage, location):  # what a function map_location does for CUDA, with meta storage
+        return torch.UntypedStorage(storage.nbytes(), device="meta")
+
+    fn_mapped = torch.load(tmp_path / "c.pt", map_location=to_meta, weights_only=False)
+    torch.manual_seed(12345)
+    fresh.load_state_dict({**on_cpu, "rng": fn_mapped["rng"]})
+    assert torch.equal(torch.get_rng_state(), saved)
+
+
+def test_resume_is_on_by_default_and_announced(tmp_path, capsys):
+    """A run killed without a signal resumes from the periodic checkpoint that the default config writes."""
+    from pic_bench.config import Config
+
+    every = Config().run.checkpoint_every
+    assert every > 0
+    cfg = build("smoke", {"run.deterministic": True, "optim.max_steps": every + 10, "optim.epochs": 100})
+    ckpt = tmp_path / "run.pt"
+    t = Trainer(cfg)
+    with pytest.raises(Killed):
+        t.train(should_stop=stop_at({every + 6}, Killed), checkpoint=ckpt)
+    assert ckpt.is_file()
+    t = Trainer(cfg)
+    capsys.readouterr()
+    t.load(ckpt)
+    assert t.step == every
+    assert f"resuming from step {every} of {every + 10}: {ckpt}" in capsys.readouterr().err
+
+
+def _curve(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_curve_has_a_line_every_log_every_steps_and_continues_on_resume(uninterrupted, tmp_path):
+    ref, _ = uninterrupted  # 16 steps, log_every 5 (smoke preset)
+    full = tmp_path / "full.jsonl"
+    t = Trainer(smoke_cfg())
+    t.train(curve=full)
+    lines = _curve(full)
+    assert [r["step"] for r in lines] == [5, 10, 15, 16]
+    assert set(lines[0]) == {"step", "loss", "lr", "wall_s"}
+    losses = ref.meters.losses
+    for r, (a, b) in zip(lines, [(0, 5), (5, 10), (10, 15), (15, 16)]):
+        assert r["loss"] == pytest.approx(sum(losses[a:b]) / (b - a), rel=1e-12)  # mean over the log window
+        assert r["lr"] == pytest.approx(float(t.lr[r["step"] - 1]))
+    assert all(x["wall_s"] <= y["wall_s"] for x, y in zip(lines, lines[1:]))
+    # killed after the line of step 15 but with its last checkpoint at step 12: the resumed run drops that
+    # line and continues the file, ending with the uninterrupted run's steps and losses
+    cfg = smoke_cfg(**{"run.checkpoint_every": 12})
+    ckpt, part = tmp_path / "run.pt", tmp_path / "part.jsonl"
+    t = Trainer(cfg)
+    with pytest.raises(Killed):
+        t.train(should_stop=stop_at({16}, Killed), checkpoint=ckpt, curve=part)
+    assert [r["step"] for r in _curve(part)] == [5, 10, 15]
+    t = Trainer(cfg)
+    t.load(ckpt)
+    assert t.step == 12
+    t.train(checkpoint=ckpt, curve=part)
+    assert [(r["step"], r["loss"], r["lr"]) for r in _curve(part)] == [(r["step"], r["loss"], r["lr"]) for r in lines]
+
+
+def test_tensorboard_writer_is_optional(tmp_path, capsys):
+    """run.tensorboard=true writes beside the curve where tensorboard is installed, and says why not elsewhere;
+    the curve file is written either way."""
+    import importlib.util
+
+    t = Trainer(smoke_cfg(**{"run.tensorboard": True, "optim.max_steps": 5}))
+    t.train(curve=tmp_path / "c.jsonl")
+    assert [r["step"] for r in _curve(tmp_path / "c.jsonl")] == [5]
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "run.tensorboard: not written" in capsys.readouterr().err
+    else:
+        assert (tmp_path / "c.tb").is_dir()

@@ -60,7 +60,7 @@ def test_K_equal_N_sampled_path_equals_full_path_once_every_instance_is_recent(c
     samp.load_state_dict(full.state_dict())  # same state; the ring is refilled from the scheduler
     bf, bs = next(it_f), next(it_s)
     assert torch.equal(bf.index, bs.index)
-    lf, ls = full.train_step(bf), samp.train_step(bs)
+    lf, ls = float(full.train_step(bf)), float(samp.train_step(bs))
     assert ls == pytest.approx(lf, rel=1e-6)
     assert torch.allclose(full.w, samp.w, atol=1e-6) and torch.allclose(full.u, samp.u, atol=1e-6)
 
@@ -170,3 +170,102 @@ def test_rows_argv_names_no_machine_folder(tmp_path):
     assert portable_argv(argv, root) == [
         "pic_bench/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
         "--checkpoints=.../ck", "data.root=.../train", "pic.K=512", "ablations/x.yaml"]
+
+
+# ---- the step loop on a GPU's terms (issue 11; helper C1): no per-step host sync, mixed precision, time budget
+
+class _Preloaded:
+    """The loader's batches made beforehand, so only the training loop's own host syncs are counted."""
+
+    name = "preloaded"
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def iterate(self, start, stop):
+        return iter(self.batches[start:stop])
+
+
+SYNCS = [(torch.Tensor, "__float__"), (torch.Tensor, "__bool__"), (torch.Tensor, "item"), (torch.Tensor, "tolist"),
+         (torch.Tensor, "cpu"), (torch.Tensor, "numpy"), (torch.Tensor, "__int__"), (torch.cuda, "synchronize")]
+
+
+@pytest.mark.parametrize("fast_head", [True, False])
+def test_step_loop_syncs_with_the_host_only_at_log_steps(monkeypatch, fast_head):
+    cfg = smoke(**{"optim.max_steps": 20, "optim.epochs": 10.0, "pic.K": 0, "run.log_every": 10,
+                   "pic.fast_head": fast_head})
+    t = Trainer(cfg)
+    t.loader = _Preloaded(list(t.loader.iterate(0, 20)))
+    at_step: list[int] = []
+    for owner, name in SYNCS:
+        real = getattr(owner, name)
+
+        def counted(*a, real=real, **k):
+            at_step.append(t.step)
+            return real(*a, **k)
+
+        monkeypatch.setattr(owner, name, counted)
+    t.train()
+    monkeypatch.undo()
+    assert t.step == 20 and len(t.meters.losses) == 20
+    assert at_step and set(at_step) <= {10, 20}, sorted(set(at_step))  # the steps at which the loss is read
+
+
+def test_bf16_trains_on_the_cpu_and_differs_from_fp32():
+    base = {"optim.max_steps": 20, "optim.epochs": 10.0, "pic.K": 0, "data.aug": "weak", "optim.base_lr": 0.5}
+    bf16, fp32 = Trainer(smoke(**base, **{"run.precision": "bf16"})), Trainer(smoke(**base))
+    m = bf16.train()
+    fp32.train()
+    losses = bf16.meters.losses
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+    assert losses != fp32.meters.losses
+    assert bf16.w.dtype == torch.float32  # the classifier's storage is pic.storage's, its math float32
+    assert bf16.derived["precision"] == "bf16" and fp32.derived["precision"] == "fp32"
+    assert m["final_loss"] == pytest.approx(np.mean(losses[-1:]))
+
+
+def test_precision_enters_the_config_hash_except_at_fp32():
+    from pic_bench.config import config_hash
+
+    base = smoke()
+    assert config_hash(smoke(**{"run.precision": "fp32"})) == config_hash(base)
+    assert config_hash(smoke(**{"run.precision": "bf16"})) != config_hash(base)
+    assert config_hash(smoke(**{"run.precision": "tf32"})) != config_hash(smoke(**{"run.precision": "bf16"}))
+    assert build("paper").run.precision == "bf16" and build("paper").run.checkpoint_minutes == 30
+
+
+def test_checkpoints_on_a_time_budget_are_taken_at_log_steps(monkeypatch, tmp_path):
+    """run.checkpoint_minutes: a save at the first log step at least that long after the last save (a fake
+    clock advances 20 s per step, so 1 minute is 3 steps: log steps 4, 8, 12, 16, 20 with log_every 4)."""
+    cfg = smoke(**{"optim.max_steps": 20, "optim.epochs": 10.0, "run.log_every": 4, "run.checkpoint_every": 0,
+                   "run.checkpoint_minutes": 1.0})
+    t = Trainer(cfg)
+    now = [0.0]
+    saved = []
+    monkeypatch.setattr(t, "clock", lambda: now[0])
+    real_save = t.save
+    monkeypatch.setattr(t, "save", lambda path, **k: (saved.append(t.step), real_save(path, **k)))
+    real_step = t.train_step
+
+    def step(batch):
+        now[0] += 20.0
+        return real_step(batch)
+
+    monkeypatch.setattr(t, "train_step", step)
+    t.train(checkpoint=tmp_path / "c.pt")
+    assert saved == [4, 8, 12, 16]  # none at the end: the row follows (and its task deletes the checkpoint)
+
+
+def test_row_peak_memory_is_the_training_loops_not_evaluations(tmp_path, monkeypatch):
+    from pic_bench import train
+
+    evaluated = []
+    real_eval = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (evaluated.append(1), real_eval(self))[1])
+    monkeypatch.setattr(train, "peak_memory_mib", lambda device: 999.0 if evaluated else 100.0)
+    cfg = smoke(**{"optim.max_steps": 3})
+    row = run_task(Task("peak_test", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path)))
+    assert evaluated
+    assert row["metrics"]["peak_mem_mib"] == 100.0 and row["metrics"]["peak_mem_mib_ranks"] == [100.0]
+    assert row["metrics"]["peak_mem_kind"] == "cpu_peak_rss" and row["metrics"]["dali_pool_mib"] is None
