@@ -299,10 +299,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         if any(bad.values()):  # on_bad_image=skip: what the evaluation left out (train set and val split)
             metrics["eval_skipped_images"] = sum(bad.values())
             metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
-        from .train import peak_memory_mib
-
-        metrics["peak_mem_mib"] = peak_memory_mib(trainer.device)
-        metrics["peak_mem_kind"] = "cuda_max_allocated" if trainer.device.type == "cuda" else "cpu_peak_rss"
+        # peak_mem_*: the training loop's, from train() (read before evaluation)
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
         row["backbone"] = str(backbone) if backbone else None

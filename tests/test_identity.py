@@ -33,7 +33,7 @@ def run_on(tmp_path: Path, abl: Path, root: Path) -> int:
     return main([str(abl), "smoke", "--results", str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"),
                  "--no-baselines", "-q", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
                  "data.test_size=0", "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=2",
-                 "eval.knn_k=3", "eval.linear_epochs=2"])
+                 "eval.knn_k=3", "eval.linear_epochs=2", "data.eval_split=train"])
 
 
 def test_another_image_folder_is_another_cell_and_the_same_folder_elsewhere_is_the_same(tmp_path, capsys,

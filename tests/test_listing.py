@@ -47,6 +47,8 @@ def tree(root: Path) -> set[str]:
 
 
 def load(root: Path, **kw):
+    if not (root / "val").is_dir():  # evaluation is not what these tests are about
+        kw.setdefault("eval_split", "train")
     return load_source(DataConfig(dataset="imagefolder", root=str(root), **kw))
 
 

@@ -58,7 +58,7 @@ def folder_source(root: Path, n: int = 96) -> Source:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(encode_jpeg(x[i]))
     return load_source(build("smoke", {"data.dataset": "imagefolder", "data.root": str(root),
-                                       "data.num_instances": 0}).data)
+                                       "data.num_instances": 0, "data.eval_split": "train"}).data)
 
 
 def batches(c, src, shard=(0, 1)):

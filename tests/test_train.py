@@ -262,7 +262,7 @@ def test_row_peak_memory_is_the_training_loops_not_evaluations(tmp_path, monkeyp
 
     evaluated = []
     real_eval = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: (evaluated.append(1), real_eval(self))[1])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a: (evaluated.append(1), real_eval(self, *a))[1])
     monkeypatch.setattr(train, "peak_memory_mib", lambda device: 999.0 if evaluated else 100.0)
     cfg = smoke(**{"optim.max_steps": 3})
     row = run_task(Task("peak_test", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path)))

@@ -330,7 +330,6 @@ class DaliLoader:
     def __init__(self, source: Source, schedule: Schedule, cfg: Config, large: Recipe, small: Recipe | None,
                  device: torch.device | str | None = None, rows: tuple[int, int] | None = None):
         d = cfg.data
-        self.device_id = device_id
         self.images, self.schedule, self.B, self.seed = source.train, schedule, cfg.optim.batch_size, cfg.run.seed
         self.recipes = [large] * d.views + ([small] * d.small_views if small is not None else [])
         self.views = d.views
