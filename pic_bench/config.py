@@ -74,6 +74,7 @@ class PICConfig:
     softmax: str = "cosine"  # cosine (normalised z and w, divided by tau) | plain (dot product, no tau)
     tau: float = 0.2  # tau, the temperature of the cosine softmax
     K: int = 65536  # recent negative sampling: the K most recently visited instances (0 = all N)
+    recent: str = "instances"  # what K counts: distinct instances (the paper's wording) | stream positions (|U| <= K)
     correction: bool = True  # classification weight update correction: update only sampled rows of w and u
     scheduler: str = "sliding"  # sliding (the paper) | epoch | official (bl0/PIC's sampler, which does not slide)
     D: int = 131072  # window size: instances in one window
@@ -134,6 +135,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("mlp", "linear", "none"),
     "pic.softmax": ("cosine", "plain"),
     "pic.scheduler": ("sliding", "epoch", "official"),
+    "pic.recent": ("instances", "positions"),
     "pic.storage": ("float32", "bfloat16"),
     "run.device": ("auto", "cpu", "cuda"),
 }
@@ -235,7 +237,9 @@ def from_dict(d: dict[str, Any], where: str = "dict") -> Config:
 # key out while it holds that value, and rows written before the key existed read as having it
 # (``with_added_keys``), so a committed row keeps its hash and is compared with new rows for what it really ran.
 # Add a key here in the commit that adds it to a dataclass above (its earlier value, not its new default).
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "pic.recent": "positions",  # negatives.RecentNegatives before pic.recent: the last K stream positions
+}
 
 
 def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
