@@ -5,9 +5,9 @@ Two readings of "the K most recently visited instances" (``pic.recent``):
 - ``instances`` (the default; the paper's wording): the K most recently visited *distinct* instances, the
   current batch included. Once K distinct instances have been seen, |U| = K exactly. The ring holds K instance
   ids with the stream position of their last visit, newest first. A step merges the ring with the batch
-  (K + B candidates), keeps each id's latest visit (a scatter-amax into an (N + 1,) scratch array over the
-  candidates only) and keeps the K latest (top-k by last visit; positions are unique, so there are no ties).
-  Nothing is O(N) per step and, once full, every shape is fixed (no host sync on a GPU).
+  (K + B candidates), keeps each id's latest visit (a stable sort of the candidates by id) and keeps the K
+  latest (top-k by last visit; positions are unique, so there are no ties). Nothing is O(N), per step or in
+  memory, and once full every shape is fixed (no host sync on a GPU).
 - ``positions`` (what every row before ``pic.recent`` existed ran): the distinct instances among the last K
   *stream positions*. The last K positions may name an instance twice (the windows overlap by D - S), so
   |U| <= K, and well below K when K > D / 2 (measured: |U| / K ~ 0.56 at K = 2 D).
@@ -45,7 +45,6 @@ class RecentNegatives:
         if recent == "instances":
             self.ring_t = torch.full((K,), -1, dtype=torch.long, device=device)  # last visit of each ring id
             self.n = 0  # distinct ids held (< K only until the ring first fills; then K for good)
-            self._latest = torch.empty(N + 1, dtype=torch.long, device=device)  # scratch; row N = empty slot
 
     # ---- positions: the last K stream positions
     def push(self, index: torch.Tensor) -> None:
@@ -64,13 +63,16 @@ class RecentNegatives:
     # ---- instances: the K most recently visited distinct instances
     def _merge(self, index: torch.Tensor) -> None:
         B = index.numel()
-        ids = torch.cat([self.ring, index])  # (K + B,)
-        t = torch.cat([self.ring_t, self.count + torch.arange(B, device=self.device)])  # (K + B,) last visits
-        slot = torch.where(ids < 0, self.N, ids)  # empty slots go to the scratch row N
-        self._latest.index_fill_(0, slot, -1)
-        self._latest.scatter_reduce_(0, slot, t, "amax")  # each id's latest visit among the candidates
-        keep = (ids >= 0) & (self._latest[slot] == t)  # (K + B,) one candidate per distinct id
-        key = torch.where(keep, t, -1)
+        # Candidates in increasing time of visit: the ring oldest first (empty slots, time -1, come first), then
+        # the batch in stream order. A stable sort by id keeps that order among equal ids, so the last of each
+        # run of equal ids is that id's latest visit.
+        ids = torch.cat([self.ring.flip(0), index])  # (K + B,)
+        t = torch.cat([self.ring_t.flip(0), self.count + torch.arange(B, device=self.device)])  # (K + B,)
+        ids, order = torch.sort(ids, stable=True)
+        t = t[order]
+        last = torch.ones_like(ids, dtype=torch.bool)
+        last[:-1] = ids[1:] != ids[:-1]
+        key = torch.where(last & (ids >= 0), t, -1)  # (K + B,) one candidate per distinct id
         top = torch.topk(key, self.K)  # newest first; evicts the oldest distinct ids
         self.ring_t = top.values
         self.ring = torch.where(top.values >= 0, ids[top.indices], -1)
