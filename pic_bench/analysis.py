@@ -335,7 +335,7 @@ def _measure_head(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
     dtype = torch.float32 if p.storage == "float32" else torch.bfloat16
     w = (torch.randn(N, d, device=device) * p.w_init_std).to(dtype)  # (N, d)
     u = torch.zeros_like(w)  # (N, d)
-    negatives = RecentNegatives(N, p.K, device)
+    negatives = RecentNegatives(N, p.K, device, p.recent)
     negatives.refill(schedule, max(p.K, B))  # a full ring, as in the middle of training
     position = [max(p.K, B)]
     ws = fast.Workspace() if fast else None

@@ -77,6 +77,7 @@ class PICConfig:
     softmax: str = "cosine"  # cosine (normalised z and w, divided by tau) | plain (dot product, no tau)
     tau: float = 0.2  # tau, the temperature of the cosine softmax
     K: int = 65536  # recent negative sampling: the K most recently visited instances (0 = all N)
+    recent: str = "instances"  # what K counts: distinct instances (the paper's wording) | stream positions (|U| <= K)
     correction: bool = True  # classification weight update correction: update only sampled rows of w and u
     scheduler: str = "sliding"  # sliding (the paper) | epoch | official (bl0/PIC's sampler, which does not slide)
     D: int = 131072  # window size: instances in one window
@@ -154,6 +155,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("mlp", "linear", "none"),
     "pic.softmax": ("cosine", "plain"),
     "pic.scheduler": ("sliding", "epoch", "official"),
+    "pic.recent": ("instances", "positions"),
     "pic.storage": ("float32", "bfloat16"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("fp32", "tf32", "bf16"),
@@ -271,6 +273,7 @@ ADDED_KEYS: dict[str, Any] = {
     "eval.sgd_batch": 256, "eval.sgd_lr": 30.0, "eval.sgd_momentum": 0.9, "eval.sgd_weight_decay": 0.0,
     "eval.sgd_warmup_epochs": 5.0, "eval.sgd_crop_min": 0.08, "eval.pixels_size": 0,
     "run.precision": "fp32", "run.checkpoint_minutes": 0.0, "run.tensorboard": False,
+    "pic.recent": "positions",  # negatives.RecentNegatives before pic.recent: the last K stream positions
 }
 
 

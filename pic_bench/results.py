@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import Config, config_hash, to_dict, with_added_keys
+from .machine import machine_info
 
 DEFAULT_RESULTS = Path("results")
 
@@ -104,7 +105,7 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
         **git_state(), "versions": versions(), "device": device_name(device), "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": portable_argv(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": portable_argv(), "machine": machine_info(device),
     }
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import distributed, head
-from .config import Config
+from .config import Config, ConfigError
 from .data import Batch
 from .data.loaders import build_loader
 from .data.sources import Source, load_source
@@ -185,6 +185,9 @@ class Trainer:
     def __init__(self, cfg: Config, source: Source | None = None):
         self.cfg = cfg
         p, o = cfg.pic, cfg.optim
+        if 0 < p.K < o.batch_size:  # config.validate checks ablation files; a Trainer can be built from any config
+            raise ConfigError(f"pic.K={p.K} is smaller than the batch (optim.batch_size B={o.batch_size}); "
+                              "the batch's own instances must all be among the K recent ones")
         # --- device, precision and seeds
         self.device = resolve_device(cfg.run.device)
         if self.device.type == "cuda":
@@ -223,7 +226,7 @@ class Trainer:
         g = torch.Generator(device="cpu").manual_seed(cfg.run.seed + 17)
         self.w = torch.randn(self.N, self.model.out_dim, generator=g).mul_(p.w_init_std).to(self.device, dtype)
         self.u = torch.zeros_like(self.w)
-        self.negatives = RecentNegatives(self.N, p.K, self.device)
+        self.negatives = RecentNegatives(self.N, p.K, self.device, p.recent)
         self.head_ws = head.Workspace()  # fast head's scratch buffers, reused every step (derived, not state)
         # --- schedule and meters
         self.lr = lr_schedule(self.derived["lr"], self.derived["steps"], self.derived["warmup_steps"])
@@ -234,7 +237,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "w": self.w, "u": self.u, "meters": self.meters.__dict__,
+            "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
             # the scheduler's state from the ring's first position on (the official sampler is sequential)
             "schedule": self.schedule.state_dict(self.step * self.cfg.optim.batch_size - self.negatives.K),
             # bytes, not tensors: torch.load(map_location=<cuda>) would move ByteTensors off the CPU, where
@@ -260,6 +263,8 @@ class Trainer:
         if "schedule" in sd:  # checkpoints written before it was kept replay the official sampler from window 0
             self.schedule.load_state_dict(sd["schedule"])
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
+        if "U_meters" in sd:
+            self.negatives.load_U_meters(sd["U_meters"])
 
     def save(self, path: Path) -> None:
         if not self.dist.is_main:  # ranks hold identical state; rank 0 writes it
@@ -421,7 +426,7 @@ class Trainer:
             if curve_out is not None:
                 curve_out.close()
         self.meters.wall_s += time.perf_counter() - start_wall
-        out: dict[str, Any] = self.meters.summary(self.cfg.optim.batch_size)
+        out: dict[str, Any] = {**self.meters.summary(self.cfg.optim.batch_size), **self.negatives.U_summary()}
         out.update(self.memory())
         return out
 

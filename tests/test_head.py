@@ -437,3 +437,60 @@ def test_gpu_triton_and_eager_paths_agree_at_paper_shapes():
     check(l1, l2, 1e-6, "loss", seed)
     check(w, w2, 1e-5, "w", seed)
     check(u, u2, 1e-5, "u", seed)
+
+
+def rne_vs_truncation_inputs(K: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 values (K, d) between two bfloat16 neighbours, and the mask of those whose round-to-nearest-even
+    differs from truncation: low 16 bits above one half (0x8001..0xFFFF), exactly one half (0x8000: a tie, which
+    RNE rounds to the even neighbour) or below one half (0x0001..0x7FFF, where both agree)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(K, d, generator=g).to(torch.bfloat16).float().view(torch.int32)  # low 16 bits are zero
+    kind = torch.randint(0, 3, (K, d), generator=g)
+    low = torch.where(kind == 0, torch.randint(0x8001, 0x10000, (K, d), generator=g),
+                      torch.where(kind == 1, torch.full((K, d), 0x8000), torch.randint(1, 0x8000, (K, d), generator=g)))
+    x = (base | low.to(torch.int32)).view(torch.float32)
+    odd = (base >> 16) & 1 == 1
+    differs = (kind == 0) | ((kind == 1) & odd)
+    return x, differs
+
+
+def truncate_bf16(x: torch.Tensor) -> torch.Tensor:
+    return (x.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)  # exact: low bits are zero
+
+
+def test_rne_inputs_tell_rounding_from_truncation():
+    # The inputs the GPU test below relies on: torch's .to(bfloat16) (RNE) and truncation disagree exactly where
+    # the mask says, and the mask covers a large share of the elements.
+    seed = fresh_seed()
+    x, differs = rne_vs_truncation_inputs(64, 128, seed)
+    rne, trunc = x.to(torch.bfloat16), truncate_bf16(x)
+    ne = rne.view(torch.int16) != trunc.view(torch.int16)
+    assert torch.equal(ne, differs), seed
+    assert differs.float().mean() > 0.4, seed
+
+
+@pytest.mark.gpu
+def test_gpu_triton_bfloat16_stores_round_to_nearest_even():
+    # The interpreter truncates when it stores float32 as bfloat16 while eager torch rounds to nearest even, and the
+    # 1-ulp tolerance elsewhere accepts both: here the stored bits must equal torch's .to(bfloat16) exactly.
+    # lr = 1, momentum = 0, wd = 0 and w = 0 make the kernel's float32 results exactly u = g and w = -g.
+    pytest.importorskip("triton", reason="Triton is not installed (it ships with CUDA builds of torch)")
+    from pic_bench import head_triton
+
+    seed = fresh_seed()
+    N, K, d = 512, 256, 128
+    g_f32, differs = rne_vs_truncation_inputs(K, d, seed)
+    dev = torch.device("cuda")
+    U = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:K].sort().values.to(dev)
+    w = torch.zeros(N, d, dtype=torch.bfloat16, device=dev)
+    u = torch.zeros(N, d, dtype=torch.bfloat16, device=dev)
+    dwn = g_f32.to(dev).contiguous()
+    head_triton.update_rows(w, u, U, dwn, dwn, None, None, 1.0, 0.0, 0.0)
+    torch.cuda.synchronize()
+    got_u, got_w = u[U].cpu().view(torch.int16), w[U].cpu().view(torch.int16)
+    want_u, want_w = g_f32.to(torch.bfloat16).view(torch.int16), (-g_f32).to(torch.bfloat16).view(torch.int16)
+    trunc_u = truncate_bf16(g_f32).view(torch.int16)
+    assert torch.equal(got_u, want_u) and torch.equal(got_w, want_w), (
+        f"bfloat16 stores are not round-to-nearest-even: {int((got_u != want_u).sum())} of {K * d} u elements differ"
+        f", {int((got_u == trunc_u)[differs].sum())} of the {int(differs.sum())} that tell RNE from truncation "
+        f"match truncation (seed {seed})")

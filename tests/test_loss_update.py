@@ -96,10 +96,10 @@ def test_bfloat16_storage_update_is_close_to_reference():
     assert torch.allclose(ub.double(), u_ref, rtol=2e-2, atol=2e-2)
 
 
-def test_recent_negatives_hold_the_last_K_visits_and_targets_point_at_the_batch():
+def test_recent_positions_hold_the_last_K_visits_and_targets_point_at_the_batch():
     N, K, B = 50, 16, 4
     sched = SlidingWindow(N, 20, 5, seed=1)
-    neg = RecentNegatives(N, K, torch.device("cpu"))
+    neg = RecentNegatives(N, K, torch.device("cpu"), "positions")
     for step in range(30):
         index = torch.from_numpy(sched.batch(step, B))
         U, target = neg.select(index)
@@ -109,13 +109,13 @@ def test_recent_negatives_hold_the_last_K_visits_and_targets_point_at_the_batch(
         assert torch.equal(U[target], index)
 
 
-def test_recent_negatives_refill_matches_an_uninterrupted_ring():
+def test_recent_positions_refill_matches_an_uninterrupted_ring():
     N, K, B = 40, 12, 4
     sched = SlidingWindow(N, 16, 4, seed=2)
-    a = RecentNegatives(N, K, torch.device("cpu"))
+    a = RecentNegatives(N, K, torch.device("cpu"), "positions")
     for step in range(7):
         a.select(torch.from_numpy(sched.batch(step, B)))
-    b = RecentNegatives(N, K, torch.device("cpu"))
+    b = RecentNegatives(N, K, torch.device("cpu"), "positions")
     b.refill(sched, 7 * B)
     assert torch.equal(a.ring, b.ring) and a.count == b.count
     idx = torch.from_numpy(sched.batch(7, B))
@@ -124,10 +124,11 @@ def test_recent_negatives_refill_matches_an_uninterrupted_ring():
     assert torch.equal(Ua, Ub) and torch.equal(ta, tb)
 
 
-def test_with_K_equal_N_at_the_end_of_an_epoch_the_sampled_path_equals_the_full_one():
+@pytest.mark.parametrize("recent", ["instances", "positions"])
+def test_with_K_equal_N_at_the_end_of_an_epoch_the_sampled_path_equals_the_full_one(recent):
     N, B, d = 32, 8, 6
     sched = EpochOrder(N, seed=0)
-    sampled = RecentNegatives(N, N, torch.device("cpu"))
+    sampled = RecentNegatives(N, N, torch.device("cpu"), recent)
     full = RecentNegatives(N, 0, torch.device("cpu"))
     for step in range(N // B - 1):
         sampled.select(torch.from_numpy(sched.batch(step, B)))

@@ -85,7 +85,7 @@ def test_tiny_end_to_end_run_writes_a_valid_row(tmp_path):
     rows, problems = read_rows(tmp_path, "negatives_k")
     assert not problems
     pic = [r for r in rows if r["kind"] == "pic"]
-    assert len(pic) == 4 and {r["cell"]["pic.K"] for r in pic} == {128, 512, 2048, 0}
+    assert len(pic) == 5 and {r["cell"]["pic.K"] for r in pic} == {128, 512, 2048, 0}  # + the positions arm at 2048
     for r in pic:
         m = r["metrics"]
         assert r["status"] == "ok" and 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_top1"] <= 100
