@@ -83,8 +83,15 @@ def test_every_file_passes_the_dry_run_at_every_preset(path, preset, tmp_path, c
     every preset; the paper preset gets an image folder for data.root. Nothing is written."""
     extra = []
     if preset == "paper":
-        for c in ("a", "b"):
-            (tmp_path / "imagenet" / "train" / c).mkdir(parents=True)
+        import torch
+
+        from pic_bench.data.sources import encode_jpeg
+
+        for split in ("train", "val"):  # the dry run lists the folder (its digest names the cell)
+            for c in ("a", "b"):
+                (tmp_path / "imagenet" / split / c).mkdir(parents=True)
+                (tmp_path / "imagenet" / split / c / "0.jpg").write_bytes(
+                    encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)))
         extra = [f"data.root={tmp_path / 'imagenet'}"]
     rc = run.main([str(path), preset, "--dry-run", "--results", str(tmp_path / "res"), *extra])
     cap = capsys.readouterr()
