@@ -286,6 +286,20 @@ def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys that play no part in a run under another key's value: pic.recent (which instances are recent) means nothing
+# when pic.K = 0 (all N instances are in the softmax). Left out of the hash and of cell comparisons there, so a
+# K = 0 cell is one cell whichever reading of "recent" its file names.
+def irrelevant_keys(flat: dict[str, Any]) -> set[str]:
+    """Dotted keys of ``flat`` (a cell or a flattened config) that cannot change its run."""
+    return {"pic.recent"} if flat.get("pic.K") == 0 else set()
+
+
+def canonical_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """A cell without the keys that play no part in it (``irrelevant_keys``)."""
+    drop = irrelevant_keys(cell)
+    return {k: v for k, v in cell.items() if k not in drop}
+
+
 def config_hash(cfg: Config) -> str:
     """Hash of everything that defines an experiment cell, the seed excluded (cells group seeds).
 
@@ -296,6 +310,9 @@ def config_hash(cfg: Config) -> str:
         section, name = dotted.split(".")
         if d[section].get(name) == earlier:
             del d[section][name]
+    for dotted in irrelevant_keys(flatten(to_dict(cfg))):
+        section, name = dotted.split(".")
+        d[section].pop(name, None)
     d["run"] = {k: v for k, v in d["run"].items() if k in ("deterministic", "precision")}
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("workers", "root")}
     blob = json.dumps(d, sort_keys=True).encode()

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from . import reference
+from .config import canonical_cell
 from .results import DEFAULT_RESULTS, read_rows
 
 # Two-sided 95% Student t quantiles, df = 1..30 (beyond: 1.96).
@@ -131,7 +132,7 @@ def _relative(path: str, results_dir: Path) -> str:
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a == b
+    return canonical_cell(a) == canonical_cell(b)  # pic.recent at K = 0 plays no part
 
 
 # --------------------------------------------------------------------------------------------- training tables

@@ -31,3 +31,14 @@ def test_rows_without_an_added_key_read_as_its_earlier_value(tmp_path, monkeypat
     rows, problems = read_rows(tmp_path, "a")
     assert not problems and rows[0]["config"]["pic"]["softmax"] == "plain"
     assert dataclasses.asdict(C.build("smoke"))["pic"]["softmax"] == "cosine"
+
+
+def test_recent_plays_no_part_at_K_0_so_it_is_one_cell():
+    """pic.recent means nothing when all N instances are in the softmax: one hash, one cell in tables."""
+    a = C.build("small", {"pic.K": 0, "pic.recent": "positions"})
+    b = C.build("small", {"pic.K": 0, "pic.recent": "instances"})
+    assert C.config_hash(a) == C.config_hash(b)
+    k = C.build("small", {"pic.K": 512, "pic.recent": "positions"})
+    assert C.config_hash(k) != C.config_hash(C.apply(k, {"pic.recent": "instances"}, "test"))
+    assert C.canonical_cell({"pic.K": 0, "pic.recent": "positions"}) == {"pic.K": 0}
+    assert C.canonical_cell({"pic.K": 2048, "pic.recent": "positions"}) == {"pic.K": 2048, "pic.recent": "positions"}
