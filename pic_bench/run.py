@@ -184,8 +184,10 @@ def analysis_points(abl: Ablation, preset: str, cli: dict[str, Any]):
 
 
 def plumbing_note(cfg: Config) -> str:
-    return (f"note: the smoke preset is a plumbing check ({instances(cfg) or cfg.data.num_instances} images at "
-            f"{cfg.data.image_size} px: numbers mean nothing); use small or paper for results")
+    n = instances(cfg)
+    images = f"{n} images" if n is not None else f"at most {cfg.data.num_instances} images"
+    return (f"note: the smoke preset is a plumbing check ({images} at {cfg.data.image_size} px: numbers mean "
+            "nothing); use small or paper for results")
 
 
 def main(argv: list[str] | None = None) -> int:
