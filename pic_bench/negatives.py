@@ -125,6 +125,17 @@ class RecentNegatives:
             self.count = start
             self.push(torch.from_numpy(np.ascontiguousarray(recent)).to(self.device))
 
+    def lookback(self, P: int) -> int:
+        """The first stream position ``refill(schedule, P)`` usually reads (the checkpoint keeps the scheduler's
+        state from there). positions: exactly P - K. instances: two of its walk-back chunks, which hold K distinct
+        ids unless the stream repeats itself heavily; a deeper walk stays exact, the official scheduler then
+        replays from an earlier saved state."""
+        if self.full:
+            return P
+        if self.recent == "instances":
+            return max(0, P - 2 * max(2 * self.K, 1024))
+        return max(0, P - self.K)
+
     def _refill_instances(self, schedule: Schedule, P: int) -> None:
         """Walks the stream back from position P until K distinct ids (or all N, or the stream's start)."""
         want = min(self.K, self.N)

@@ -160,11 +160,12 @@ def check_dali(device: torch.device) -> dict[str, Any]:
             img = torch.randint(0, 256, (3, 40, 48), generator=g, dtype=torch.uint8)
             (folder / f"img{i:02d}.jpg").write_bytes(encode_jpeg(img))
         cfg = build("smoke", {"data.dataset": "imagefolder", "data.root": str(root), "data.num_instances": 0,
+                              "data.eval_split": "train",  # a decode check: no val/ split in its folder
                               "data.loader": "dali", "data.image_size": 32, "optim.batch_size": 8, "pic.K": 8,
                               "pic.D": 12, "pic.S": 4, "run.device": "cuda" if gpu else "cpu"})
         src = load_source(cfg.data)
         sched = make_schedule(cfg.pic.scheduler, src.N, cfg.pic.D, cfg.pic.S, 0, cfg.pic.official_shuffle)
-        loader = build_loader(cfg, src, sched, device)
+        loader = build_loader(cfg, src, sched, device=device)
         t0 = time.perf_counter()
         batches = list(loader.iterate(0, 2))
         ms = (time.perf_counter() - t0) * 1e3

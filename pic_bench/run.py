@@ -30,6 +30,7 @@ from . import compare
 from .config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
                      parse_cli_overrides, parse_seeds, to_dict)
 from .results import DEFAULT_RESULTS, has_row, rows_file
+from .data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
 
 
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             for w in same_run_warnings(cells):
                 print(f"warning: {w}", file=sys.stderr)
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
+            for t in tasks:  # each task's identity names its data: read it now, not after the first step
+                t.key
             listing = [(t.name, t.cell, t.done()) for t in tasks] if args.dry_run else []
         else:
             results = Path(args.results)
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
             launch.validate(launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items)), tasks,
                             Path(args.results), where=args.cluster)
-    except ConfigError as e:
+    except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -284,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to train: every one of the {len(tasks)} task(s) already has a row in "
               f"{rows_file(Path(args.results), abl.name)}. To reproduce them, run the same command into a fresh "
               "folder, e.g. --results runs/mine; it ends by comparing your numbers with these.", file=sys.stderr)
-    from .data.sources import DatasetError
 
     try:
         code = run_local(tasks, quiet=args.quiet, fail_fast=args.fail_fast)

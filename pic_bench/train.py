@@ -239,7 +239,7 @@ class Trainer:
             "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
             # the scheduler's state from the ring's first position on (the official sampler is sequential)
-            "schedule": self.schedule.state_dict(self.step * self.cfg.optim.batch_size - self.negatives.K),
+            "schedule": self.schedule.state_dict(self.negatives.lookback(self.step * self.cfg.optim.batch_size)),
             # bytes, not tensors: torch.load(map_location=<cuda>) would move ByteTensors off the CPU, where
             # torch.set_rng_state refuses them
             "rng": {"torch": _rng_bytes(torch.get_rng_state()), "numpy": np.random.get_state(),

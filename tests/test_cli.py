@@ -38,6 +38,15 @@ def listed(out: str, kind: str = "pic") -> list[tuple[dict, str]]:
     return got
 
 
+# negatives_k as it was before its positions arm (issue 13): K swept, the narrowing these tests are about
+SWEPT_K = "name: negatives_k\nsweep: {pic.K: [128, 512, 2048, 0]}\ndefault_cell: {pic.K: 0}\nseeds: [0, 1, 2]\n"
+SWEPT_K_FILE = Path(__file__).resolve().parent / "data" / "swept_k.yaml"
+
+
+def swept_k(tmp_path: Path) -> Path:
+    return write(tmp_path, SWEPT_K, "swept_k.yaml")
+
+
 def write(tmp_path: Path, text: str, name: str = "abl.yaml") -> Path:
     p = tmp_path / name
     p.write_text(textwrap.dedent(text))
@@ -52,7 +61,7 @@ def test_an_override_of_a_swept_key_narrows_the_sweep_to_that_cell(capsys):
 
 
 def test_a_value_outside_the_sweep_runs_as_its_own_cell_labelled_with_it(capsys, tmp_path):
-    rc, out, err = main(capsys, NEG_K, "smoke", "pic.K=64", "--seeds", "0", "--no-baselines", "optim.max_steps=2",
+    rc, out, err = main(capsys, swept_k(tmp_path), "smoke", "pic.K=64", "--seeds", "0", "--no-baselines", "optim.max_steps=2",
                         "--results", tmp_path, "--checkpoints", tmp_path / "ck", "-q")
     assert rc == 0, err
     rows, problems = read_rows(tmp_path, "negatives_k")
@@ -93,7 +102,7 @@ def test_labels_always_equal_what_ran():
 def test_an_override_of_a_key_that_is_not_swept_applies_to_every_cell(capsys):
     from pic_bench.config import load_ablation
 
-    tasks = run.expand(load_ablation(NEG_K).for_preset("smoke"), "smoke", {"pic.tau": 0.1}, "results",
+    tasks = run.expand(load_ablation(SWEPT_K_FILE).for_preset("smoke"), "smoke", {"pic.tau": 0.1}, "results",
                        baselines=False)
     assert [t.cell for t in tasks if t.cfg.run.seed == 0] == [{"pic.K": k} for k in (128, 512, 2048, 0)]
     assert {t.cfg.pic.tau for t in tasks} == {0.1}
@@ -114,8 +123,8 @@ def test_run_seed_on_the_command_line_is_refused_in_favour_of_seeds(capsys):
     assert len(line) == 1 and "run.seed" in line[0] and "--seeds 5" in line[0]
 
 
-def test_cells_that_are_the_same_run_in_effect_are_flagged(capsys):
-    rc, out, err = main(capsys, NEG_K, "smoke", "--seeds", "0", "--dry-run")
+def test_cells_that_are_the_same_run_in_effect_are_flagged(capsys, tmp_path):
+    rc, out, err = main(capsys, swept_k(tmp_path), "smoke", "--seeds", "0", "--dry-run")
     assert rc == 0
     assert "cells 'pic.K=512' and 'pic.K=2048' are the same run at N=256" in err
     assert len(listed(out)) == 4  # flagged, not refused or merged

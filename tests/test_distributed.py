@@ -210,9 +210,9 @@ def test_rank_3_of_4_puts_every_consumer_on_cuda_3(monkeypatch):
     loader_devices = []
     real_build = train.build_loader
 
-    def build_loader(cfg, source, schedule, device=None):
+    def build_loader(cfg, source, schedule, device=None, **kw):
         loader_devices.append(device)
-        return real_build(cfg, source, schedule, torch.device("cpu"))
+        return real_build(cfg, source, schedule, device=torch.device("cpu"), **kw)
 
     monkeypatch.setattr(train, "build_loader", build_loader)
     out = {}

@@ -509,7 +509,7 @@ def test_run_builds_the_table_of_the_ablation_it_ran(tmp_path, monkeypatch):
 
     path = outside_ablation(tmp_path)
     seen = []
-    monkeypatch.setattr(run, "run_local", lambda tasks, quiet=False: None)
+    monkeypatch.setattr(run, "run_local", lambda tasks, quiet=False, fail_fast=False: 0)
     monkeypatch.setattr(tables, "build_table", lambda abl, *a, **k: seen.append(abl) or "")
     assert run.main([str(path), "smoke", "--results", str(tmp_path / "res"), "--no-baselines", "-q"]) == 0
     (abl,) = seen

@@ -167,8 +167,11 @@ def test_a_dataset_error_at_run_time_is_an_error_line(capsys, tmp_path, monkeypa
         raise DatasetError("/data/x: the file list changed since instance indices were assigned")
 
     monkeypatch.setattr(train, "Trainer", broken)
-    refused(capsys, NEG_K, "smoke", "--seeds", "0", "--no-baselines", "--results", tmp_path, "--checkpoints",
-            tmp_path / "ck", "-q", must=("the file list changed",))
+    # after validation, a cell whose data breaks writes its failed row and the sweep goes on (issue 10): exit 1
+    # with the failed tasks listed, the reason named, no traceback
+    rc, out, err = main(capsys, NEG_K, "smoke", "--seeds", "0", "--no-baselines", "--results", tmp_path,
+                        "--checkpoints", tmp_path / "ck", "-q")
+    assert rc == 1 and "the file list changed" in err and "Traceback" not in err
 
 
 def test_an_image_folder_passes_validation(capsys, tmp_path):

@@ -219,8 +219,10 @@ def test_a_resumed_run_on_the_official_scheduler_does_not_replay_from_window_0(t
     from pic_bench.config import build
     from pic_bench.train import Preempted, Trainer
 
+    # positions: the ring's refill reads exactly the last K positions (instances walks back in chunks of at least
+    # 1024 positions, the whole of this tiny stream; at paper scale a chunk is 2K, one window)
     c = build("smoke", {"pic.scheduler": "official", "optim.epochs": 10, "optim.max_steps": 30,
-                        "run.deterministic": True})
+                        "run.deterministic": True, "pic.recent": "positions"})
     full = Trainer(c)
     full.train()
     t = Trainer(c)
