@@ -670,7 +670,7 @@ def test_data_that_cannot_be_read_at_submission_is_one_error_line(tmp_path, fake
     code = run.main([str(abl), "smoke", "--executor", "slurm", "--results", str(tmp_path / "results"),
                      "data.dataset=imagefolder", f"data.root={tmp_path / 'nowhere'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "error: image folder not found" in err and "Traceback" not in err
+    assert code == 2 and "error: " in err and "image folder not found" in err and "Traceback" not in err
     assert not fake_slurm.exists()
 
 
