@@ -69,14 +69,35 @@ class ClusterConfig:
     folder: str = "slurm/logs"  # submitit's pickles and logs (one sub-folder per job array)
     setup: list = field(default_factory=list)  # shell lines run before each task (module load, venv activate)
     extra_sbatch: dict = field(default_factory=dict)  # more sbatch flags, e.g. {constraint: a100, exclude: node7}
+    eval_task: bool = True  # evaluate each PIC cell in its own array task, started when its training task succeeds
+    eval: dict = field(default_factory=dict)  # resources of evaluation tasks (RESOURCE_KEYS; default: training's)
+    baseline: dict = field(default_factory=dict)  # resources of baseline tasks (default: one rank, <= one GPU)
 
     @property
     def ranks(self) -> int:
         return self.nodes * self.tasks_per_node
 
+    def for_stage(self, stage: str) -> "ClusterConfig":
+        """The resources of one kind of array task: "train" (and "all": training then evaluation in one task),
+        "eval" (training's, then the ``eval`` section) or "baseline" (one rank on one node with at most one GPU,
+        then the ``baseline`` section: a baseline trains nothing, and only rank 0 of a task computes it)."""
+        if stage == "eval":
+            return dataclasses.replace(self, **self.eval)
+        if stage == "baseline":
+            return dataclasses.replace(self, **{"nodes": 1, "tasks_per_node": 1,
+                                                "gpus_per_node": min(self.gpus_per_node, 1), **self.baseline})
+        return self
+
+
+# the keys an ``eval:`` or ``baseline:`` section of the cluster file may set
+RESOURCE_KEYS = ("partition", "account", "qos", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task",
+                 "mem_gb", "time_min", "extra_sbatch")
+
 
 def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
-    if typ in ("int", int):
+    if typ in ("bool", bool):
+        ok = isinstance(value, bool)
+    elif typ in ("int", int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif typ in ("float", float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -126,18 +147,68 @@ def load_cluster(path: str | Path | None, overrides: dict[str, Any] | None = Non
         for key, value in raw.items():
             if key not in fields:
                 raise ConfigError(f"{where}: unknown cluster key '{key}' (known: {sorted(fields)})")
-            cc = dataclasses.replace(cc, **{key: _coerce(key, value, fields[key], where)})
+            value = _coerce(key, value, fields[key], where)
+            if key in ("eval", "baseline"):
+                value = {**getattr(cc, key), **_section(key, value, fields, where)}
+            cc = dataclasses.replace(cc, **{key: value})
             if origins is not None:
                 origins[key] = where
+    for stage in ("train", "eval", "baseline"):
+        _check_ranges(cc.for_stage(stage), "cluster" if stage == "train" else f"cluster ({stage} tasks)")
+    return cc
+
+
+def _section(name: str, raw: dict, fields: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ``eval:`` / ``baseline:`` section: resource keys only, each of its field's type."""
+    out = {}
+    for key, value in raw.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"{where}: '{name}.{key}' is not a resource key (an {name} section may set: "
+                              f"{', '.join(RESOURCE_KEYS)})")
+        out[key] = _coerce(f"{name}.{key}", value, fields[key], where)
+    return out
+
+
+def _check_ranges(cc: ClusterConfig, what: str) -> None:
     for key in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "array_parallelism"):
         if getattr(cc, key) < 1:
-            raise ConfigError(f"cluster: '{key}' must be >= 1, got {getattr(cc, key)}")
+            raise ConfigError(f"{what}: '{key}' must be >= 1, got {getattr(cc, key)}")
     for key in ("gpus_per_node", "signal_delay_s", "max_requeues", "checkpoint_every"):
         if getattr(cc, key) < 0:
-            raise ConfigError(f"cluster: '{key}' must be >= 0, got {getattr(cc, key)}")
+            raise ConfigError(f"{what}: '{key}' must be >= 0, got {getattr(cc, key)}")
     if cc.mem_gb <= 0 or cc.step_s < 0:
-        raise ConfigError(f"cluster: need mem_gb > 0 and step_s >= 0, got {cc.mem_gb}, {cc.step_s}")
-    return cc
+        raise ConfigError(f"{what}: need mem_gb > 0 and step_s >= 0, got {cc.mem_gb}, {cc.step_s}")
+
+
+def sbatch_params(cc: ClusterConfig, job_name: str, **overrides: Any) -> dict[str, Any]:
+    """submitit's ``update_parameters`` for one array or job with these resources (``overrides`` win)."""
+    params: dict[str, Any] = dict(
+        job_name=job_name, time=cc.time_min, nodes=cc.nodes, ntasks_per_node=cc.tasks_per_node,
+        cpus_per_task=cc.cpus_per_task, mem=f"{int(cc.mem_gb * 1024)}MB", signal_delay_s=cc.signal_delay_s,
+        array_parallelism=cc.array_parallelism, setup=list(cc.setup), additional_parameters=dict(cc.extra_sbatch))
+    for key in ("partition", "account", "qos"):
+        if getattr(cc, key):
+            params[key] = getattr(cc, key)
+    if cc.gpus_per_node:
+        params["gpus_per_node"] = cc.gpus_per_node
+    params.update(overrides)
+    return params
+
+
+def describe_resources(cc: ClusterConfig) -> str:
+    """'2 nodes x 4 tasks, 4 GPUs/node, 8 CPUs/task, 200 GB/node, 720 min' (for the dry run and messages)."""
+    return (f"{cc.nodes} node{'s' if cc.nodes > 1 else ''} x {cc.tasks_per_node} task"
+            f"{'s' if cc.tasks_per_node > 1 else ''}, {cc.gpus_per_node} GPU/node, {cc.cpus_per_task} CPU/task, "
+            f"{cc.mem_gb:g} GB/node, {cc.time_min} min" + (f", partition {cc.partition}" if cc.partition else ""))
+
+
+def stage_of(task: Task, cc: ClusterConfig) -> str:
+    """The kind of array task a task runs as under these cluster settings: train, eval, all or baseline."""
+    if task.kind != "pic":
+        return "baseline"
+    if not cc.eval_task:
+        return "all"
+    return "eval" if task.trained() else "train"
 
 
 def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -182,9 +253,12 @@ def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str
     Each refusal names where its value came from (``origins``: key -> file or command line; else ``where``)."""
     origins = origins or {}
     known = partitions()
-    if cc.partition and cc.partition not in known:
-        raise ConfigError(f"{origins.get('partition', where)}: partition '{cc.partition}' does not exist on this cluster "
-                          f"(sinfo lists: {', '.join(known) or 'none'})")
+    for stage, section in (("train", "partition"), ("eval", "eval"), ("baseline", "baseline")):
+        part = cc.for_stage(stage).partition
+        if part and part not in known:
+            what = "" if stage == "train" else f" (the {stage} tasks' partition)"
+            raise ConfigError(f"{origins.get(section, where)}: partition '{part}'{what} does not exist on this "
+                              f"cluster (sinfo lists: {', '.join(known) or 'none'})")
     where = origins.get("time_min", where)
     usable = cc.time_min * 60 - cc.signal_delay_s - STARTUP_S
     if usable <= 0:
@@ -271,6 +345,9 @@ class ArrayTask(submitit.helpers.Checkpointable):
             # a requeue that raced the row, or a resubmission; decided by rank 0 for all ranks (collective)
             if ctx.agree(ctx.is_main and task.done()):
                 return {"name": task.name, "status": "ok", "skipped": True}
+            # an evaluation without a trained cell: rank 0 writes the failed row and raises; the others stop here
+            if task.stage == "eval" and ctx.agree(ctx.is_main and not task.trained()) and not ctx.is_main:
+                return None
             self._stop = threading.Event()
             out: dict[str, Any] = {}
 
@@ -292,8 +369,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
                 raise RuntimeError(f"stopped for a requeue that did not come within {self.requeue_wait_s} s")
             if error is not None:
                 raise error
-            row = out.get("row")
-            return None if row is None else {"name": task.name, "status": row["status"],
+            row = out.get("row")  # a training task returns {"status": "trained", ...}: no row
+            return None if row is None else {"name": task.name, "status": row["status"], "stage": task.stage,
                                              "metrics": row.get("metrics", {})}
         finally:
             distributed.shutdown()
@@ -318,12 +395,16 @@ def timed_out(ran_s: float, limit_s: float, signal_delay_s: float) -> bool:
 
 
 def follow(task: Task, should_stop) -> None:
-    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint), evaluates its share;
-    rank 0 writes the row."""
+    """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint), evaluates its share
+    (not in a training-only task); rank 0 writes the row. A baseline is rank 0's alone: nothing to follow."""
     from .train import Trainer
 
+    if task.kind != "pic":
+        return None
     trainer = resume(Trainer(task.cfg), task.checkpoint, move=False)  # rank 0 moves an unreadable one aside
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
+    if task.stage == "train":
+        return None
     from .evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
 
     progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
@@ -343,8 +424,10 @@ def task_key(task: Task) -> list:
     return list(task.key)
 
 
-def read_manifest(results_dir: Path, ablation: str) -> dict[tuple, dict[str, Any]]:
-    """The latest submission of every task key of an ablation."""
+def read_manifest(results_dir: Path, ablation: str, stage: str = "final") -> dict[tuple, dict[str, Any]]:
+    """The latest submission of every task key of an ablation: of the job that ends with the task's row
+    (``stage="final"``: an evaluation, a baseline, or a task that trains and evaluates) or of its training job
+    (``stage="train"``). Entries written before stages existed are final."""
     path = manifest_file(results_dir, ablation)
     latest: dict[tuple, dict[str, Any]] = {}
     if path.is_file():
@@ -353,8 +436,58 @@ def read_manifest(results_dir: Path, ablation: str) -> dict[tuple, dict[str, Any
                 e = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            latest[tuple(e["key"])] = e
+            if (e.get("stage") == "train") == (stage == "train"):
+                latest[tuple(e["key"])] = e
     return latest
+
+
+def never_starts(state: tuple[str, str]) -> bool:
+    """A pending job whose dependency can no longer be met (its training task failed or was cancelled)."""
+    return state[0] == "PENDING" and "DependencyNeverSatisfied" in state[1]
+
+
+class SbatchRefused(RuntimeError):
+    """sbatch refused a job array; the message is sbatch's words in one line."""
+
+
+def _submit_array(tasks: list[Task], cc: ClusterConfig, stage: str, results_dir: Path, followed: dict[str, Any],
+                  cluster_path: str | Path | None, dependency: str | None = None) -> list[Any]:
+    """One job array of ``tasks`` with these resources; appends one manifest entry per task (with its stage and
+    dependency) and, except for training-only arrays, the jobs to ``followed``. Raises ``SbatchRefused``."""
+    ex = submitit.SlurmExecutor(folder=Path(cc.folder) / "%j", max_num_timeout=cc.max_requeues)
+    params = sbatch_params(cc, f"pic_{tasks[0].ablation}" + ("" if stage == "all" else f"_{stage}"))
+    if dependency:
+        # a dependency that can never be met (failed training) cancels the waiting job where the cluster allows
+        params["additional_parameters"] = {**params["additional_parameters"], "dependency": dependency,
+                                           "kill_on_invalid_dep": "yes"}
+    ex.update_parameters(**params)
+    try:
+        jobs = ex.map_array(ArrayTask(cc.signal_delay_s), tasks)
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
+        # sbatch's own words (memory beyond any node, an unknown flag, ...), one line; nothing more is queued
+        said = "; ".join(line.strip().removeprefix("sbatch: error: ").strip()
+                         for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+        raise SbatchRefused(f"sbatch refused the {stage} job array ({len(tasks)} task(s); settings from "
+                            f"{cluster_path or 'the defaults'} and --slurm): {said}") from None
+    array_id = jobs[0].job_id.split("_")[0]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for t, j in zip(tasks, jobs):
+        path = manifest_file(results_dir, t.ablation)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"key": task_key(t), "name": t.name, "cell": t.cell, "stage": stage, "job_id": j.job_id,
+                 "array_id": array_id, "folder": str(Path(cc.folder) / array_id), "stdout": str(j.paths.stdout),
+                 "stderr": str(j.paths.stderr), "curve": str(t.curve), "submitted": now,
+                 "resources": describe_resources(cc)}
+        if dependency:
+            entry["dependency"] = dependency
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        if stage != "train":
+            followed[t.name] = j
+    after = f", each after its training task ({dependency})" if dependency else ""
+    print(f"submitted {len(jobs)} {stage} task(s) as job array {array_id} ({describe_resources(cc)}{after}; "
+          f"logs: {Path(cc.folder) / array_id})")
+    return jobs
 
 
 def queue_states(job_ids: list[str] | None = None) -> dict[str, tuple[str, str]]:
@@ -409,69 +542,91 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    todo, skipped_done, skipped_queued = [], 0, []
-    followed: dict[str, Any] = {}  # task name -> submitit job, for --wait
+    skipped_done, skipped_queued = 0, []
+    followed: dict[str, Any] = {}  # task name -> submitit job that ends with its row, for --wait
+    prereq: dict[str, Any] = {}  # task name -> its training job, for --wait (an evaluation waiting on it)
     queue = queue_states()
     manifests: dict[str, dict] = {}
+    trains: list[Task] = []  # training tasks to submit (stage train, or all when eval_task is off)
+    evals_after: list[Task] = []  # their evaluations, one per training task, in the same order (aftercorr)
+    evals_ready: list[Task] = []  # evaluations of cells trained already (no dependency)
+    evals_waiting: dict[str, list[Task]] = {}  # evaluations of cells whose training is queued from before
+    baselines: list[Task] = []
+    dead: list[str] = []  # evaluation jobs whose training failed: never to start, cancelled and resubmitted
     for t in tasks:
         if t.done():
             skipped_done += 1
             continue
         m = manifests.setdefault(t.ablation, read_manifest(results_dir, t.ablation))
         prev = m.get(tuple(task_key(t)))
-        if prev and prev["job_id"] in queue and queue[prev["job_id"]][0] in ACTIVE:
+        active = prev is not None and prev["job_id"] in queue and queue[prev["job_id"]][0] in ACTIVE
+        if active and never_starts(queue[prev["job_id"]]):
+            dead.append(prev["job_id"])
+            active = False
+        if active:
             skipped_queued.append(prev["job_id"])
             followed[t.name] = submitit.SlurmJob(folder=Path(cc.folder) / "%j", job_id=prev["job_id"])
             continue
-        todo.append(t)
+        stage = stage_of(t, cc)
+        if stage == "baseline":
+            baselines.append(t)
+        elif stage == "eval":
+            evals_ready.append(t.at("eval"))
+        else:
+            trained_by = read_manifest(results_dir, t.ablation, stage="train").get(tuple(task_key(t)))
+            if stage == "train" and trained_by and trained_by["job_id"] in queue and \
+                    queue[trained_by["job_id"]][0] in ACTIVE:
+                evals_waiting.setdefault(trained_by["job_id"], []).append(t.at("eval"))
+                prereq[t.name] = submitit.SlurmJob(folder=Path(cc.folder) / "%j", job_id=trained_by["job_id"])
+            else:
+                trains.append(t.at(stage))
+                if stage == "train":
+                    evals_after.append(t.at("eval"))
+    if dead:
+        _run(["scancel", *dead])
+        print(f"cancelled {len(dead)} evaluation job(s) whose training failed (SLURM: dependency never "
+              f"satisfied): {', '.join(dead)}; resubmitting training and evaluation", file=sys.stderr)
     if skipped_done:
         print(f"skipping {skipped_done} task(s) whose row already exists", file=sys.stderr)
     if skipped_queued:
         print(f"skipping {len(skipped_queued)} task(s) still queued or running: {', '.join(skipped_queued)}",
               file=sys.stderr)
-    jobs = []
-    if todo:
-        todo = [t if not cc.checkpoint_every else  # run.* is outside the config hash: the cell is unchanged
-                dataclasses.replace(t, cfg=apply(t.cfg, {"run.checkpoint_every": cc.checkpoint_every}, "cluster"))
-                for t in todo]
-        ex = submitit.SlurmExecutor(folder=Path(cc.folder) / "%j", max_num_timeout=cc.max_requeues)
-        params: dict[str, Any] = dict(
-            job_name=f"pic_{todo[0].ablation}", time=cc.time_min, nodes=cc.nodes, ntasks_per_node=cc.tasks_per_node,
-            cpus_per_task=cc.cpus_per_task, mem=f"{int(cc.mem_gb * 1024)}MB", signal_delay_s=cc.signal_delay_s,
-            array_parallelism=cc.array_parallelism, setup=list(cc.setup), additional_parameters=dict(cc.extra_sbatch))
-        for key in ("partition", "account", "qos"):
-            if getattr(cc, key):
-                params[key] = getattr(cc, key)
-        if cc.gpus_per_node:
-            params["gpus_per_node"] = cc.gpus_per_node
-        ex.update_parameters(**params)
-        try:
-            jobs = ex.map_array(ArrayTask(cc.signal_delay_s), todo)
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
-            # sbatch's own words (memory beyond any node, an unknown flag, ...), one line; nothing was queued
-            said = "; ".join(line.strip().removeprefix("sbatch: error: ").strip()
-                             for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
-            print(f"error: sbatch refused the job array ({len(todo)} task(s); settings from "
-                  f"{cluster_path or 'the defaults'} and --slurm): {said}", file=sys.stderr)
-            return 2
-        array_id = jobs[0].job_id.split("_")[0]
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for t, j in zip(todo, jobs):
-            path = manifest_file(results_dir, t.ablation)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            entry = {"key": task_key(t), "name": t.name, "cell": t.cell, "job_id": j.job_id, "array_id": array_id,
-                     "folder": str(Path(cc.folder) / array_id), "stdout": str(j.paths.stdout),
-                     "stderr": str(j.paths.stderr), "curve": str(t.curve), "submitted": now}
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-            followed[t.name] = j
-        print(f"submitted {len(jobs)} task(s) as job array {array_id} (logs: {Path(cc.folder) / array_id}); "
-              f"follow with: python -m pic_bench.status {todo[0].ablation}")
-    else:
+    if not (trains or evals_ready or evals_waiting or baselines):
         print("nothing to submit")
+    else:
+        try:
+            submitted = 0
+            if trains:
+                trains = [t if not cc.checkpoint_every else  # run.* is outside the config hash: the cell is unchanged
+                          dataclasses.replace(t, cfg=apply(t.cfg, {"run.checkpoint_every": cc.checkpoint_every},
+                                                           "cluster")) for t in trains]
+                stage = trains[0].stage
+                jobs = _submit_array(trains, cc.for_stage("train"), stage, results_dir, followed, cluster_path)
+                submitted += len(jobs)
+                for t, j in zip(trains, jobs):
+                    prereq[t.name] = j
+                if evals_after:  # task i of the evaluation array starts when task i of this one succeeds
+                    # (submitit submits a single task as a plain job, which aftercorr does not pair with)
+                    one = "_" not in jobs[0].job_id
+                    after = f"afterok:{jobs[0].job_id}" if one else f"aftercorr:{jobs[0].job_id.split('_')[0]}"
+                    submitted += len(_submit_array(evals_after, cc.for_stage("eval"), "eval", results_dir, followed,
+                                                   cluster_path, dependency=after))
+            if evals_ready:
+                submitted += len(_submit_array(evals_ready, cc.for_stage("eval"), "eval", results_dir, followed,
+                                               cluster_path))
+            for job_id, waiting in sorted(evals_waiting.items()):
+                submitted += len(_submit_array(waiting, cc.for_stage("eval"), "eval", results_dir, followed,
+                                               cluster_path, dependency=f"afterok:{job_id}"))
+            if baselines:
+                submitted += len(_submit_array(baselines, cc.for_stage("baseline"), "baseline", results_dir,
+                                               followed, cluster_path))
+        except SbatchRefused as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"follow with: python -m pic_bench.status {tasks[0].ablation}")
     if not wait:
         return 0
-    code = wait_for(tasks, followed, poll_s=poll_s, quiet=quiet)
+    code = wait_for(tasks, followed, poll_s=poll_s, quiet=quiet, prerequisites=prereq)
     from .tables import build_table
 
     for results, abl, preset in sorted({(t.results_dir, t.ablation, t.preset) for t in tasks}):
@@ -480,12 +635,15 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
 
 
 def wait_for(tasks: list[Task], jobs: dict[str, Any], poll_s: float = 10.0, quiet: bool = False,
-             grace_s: float = 60.0) -> int:
+             grace_s: float = 60.0, prerequisites: dict[str, Any] | None = None) -> int:
     """Blocks until every task has a row or its job ended without one; a progress bar counts landed rows.
 
     Rows are the truth (submitit's job states lag sacct by seconds); a job that SLURM reports finished with no
-    row after ``grace_s`` is counted as failed, so a job killed without a result never blocks forever.
+    row after ``grace_s`` is counted as failed, so a job killed without a result never blocks forever. So is an
+    evaluation whose training job (``prerequisites``: task name -> job) ended without training the cell: SLURM
+    keeps such a job pending, or cancels it, but it never runs.
     """
+    prerequisites = prerequisites or {}
     from tqdm import tqdm
 
     from .results import read_rows, row_key
@@ -510,6 +668,9 @@ def wait_for(tasks: list[Task], jobs: dict[str, Any], poll_s: float = 10.0, quie
                 continue
             try:
                 finished = j.done()
+                pre = prerequisites.get(t.name)
+                if not finished and pre is not None and not t.trained() and pre.done():
+                    finished = True  # its training ended without training the cell: this job never starts
             except Exception:  # noqa: BLE001 - accounting hiccups: ask again next round
                 finished = False
             if finished:

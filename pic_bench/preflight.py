@@ -402,15 +402,10 @@ def submit(out_dir: Path, repeats: int, cluster: str, overrides: list[str]) -> i
         print(f"error: {e}", file=sys.stderr)
         return 2
     ex = submitit.SlurmExecutor(folder=Path(cc.folder) / "preflight" / "%j")
-    params: dict[str, Any] = dict(job_name="pic_preflight", time=max(10, min(cc.time_min, 30)), nodes=1,
-                                  ntasks_per_node=1, cpus_per_task=max(cc.cpus_per_task, 2),
-                                  mem=f"{int(cc.mem_gb * 1024)}MB", setup=list(cc.setup),
-                                  additional_parameters=dict(cc.extra_sbatch))
-    for key in ("partition", "account", "qos"):
-        if getattr(cc, key):
-            params[key] = getattr(cc, key)
-    if cc.gpus_per_node:
-        params["gpus_per_node"] = cc.gpus_per_node
+    params = launch.sbatch_params(cc, "pic_preflight", time=max(10, min(cc.time_min, 30)), nodes=1,
+                                  ntasks_per_node=1, cpus_per_task=max(cc.cpus_per_task, 2))
+    for key in ("signal_delay_s", "array_parallelism"):  # one plain job: no requeue signal, no array
+        params.pop(key)
     ex.update_parameters(**params)
     # by reference to this module, never as __main__'s copy (under ``python -m`` the job would unpickle a
     # __main__ whose spawned ranks cannot be pickled again)

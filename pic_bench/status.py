@@ -7,7 +7,8 @@
 States, from the most to the least certain source: ``done`` (an ok row landed), ``running`` / ``pending``
 (squeue lists its job, with SLURM's reason), ``failed`` (a failed row, with its error, or a job that SLURM or
 sacct reports ended without a row, with its state), ``lost`` (submitted, not queued, no row, no accounting),
-``missing`` (never submitted). Failed tasks show their log path; running the submit command again resubmits
+``missing`` (never submitted). A cell evaluated in its own task shows its training job until training ends,
+then its evaluation job; an evaluation whose training failed is ``failed`` (it can never start). Failed tasks show their log path; running the submit command again resubmits
 the failed, lost and missing ones. A running task shows the latest step and loss of its loss curve.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
-from .launch import ACTIVE, accounting_states, queue_states, read_manifest
+from .launch import ACTIVE, accounting_states, never_starts, queue_states, read_manifest
 from .results import DEFAULT_RESULTS, read_rows, row_key
 
 
@@ -62,7 +63,8 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
     expected = expected or {}
     curves = curves or {}
     rows, _ = read_rows(results_dir, ablation)
-    manifest = read_manifest(results_dir, ablation)
+    manifest = read_manifest(results_dir, ablation)  # the job that ends with the row (evaluation, baseline, ...)
+    trainings = read_manifest(results_dir, ablation, stage="train")  # a cell's training job, where it has one
     ok = {row_key(r): r for r in rows if r["status"] == "ok"}
     failed: dict[tuple, dict] = {}
     for r in rows:
@@ -84,12 +86,30 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
             resumed = (r.get("derived") or {}).get("resumed_from_step")
             where = job or (f"{r['slurm_job_id']}_{r.get('slurm_array_task_id')}" if r.get("slurm_job_id") else "local")
             s["detail"] = f"job {where}" + (f", resumed from step {resumed}" if resumed else "")
+        elif job and job in queue and queue[job][0] in ACTIVE and never_starts(queue[job]):
+            tr = trainings.get(key, {})
+            s["state"] = "failed"
+            why = (failed[key].get("error") or "").strip().splitlines()[0][:200] if key in failed else \
+                log_reason(tr.get("stderr"), tr.get("stdout"))
+            s["detail"] = (f"training job {tr.get('job_id', '?')} ended without training the cell"
+                           + (f": {why}" if why else "") + f"; evaluation job {job} can never start")
+            s["log"] = tr.get("stderr") or s["log"]
         elif job and job in queue and queue[job][0] in ACTIVE:
             st, reason = queue[job]
+            tr = trainings.get(key, {})
+            tjob = tr.get("job_id")
+            if e.get("stage") == "eval" and st == "PENDING" and tjob in queue and queue[tjob][0] in ACTIVE:
+                st, reason = queue[tjob]  # the evaluation waits for this training job: show where training is
+                s["detail"] = f"training: job {tjob} {st}"
+                s["log"] = tr.get("stderr") or s["log"]
+            else:
+                s["detail"] = ("evaluation: " if e.get("stage") == "eval" else "") + f"job {job} {st}"
             s["state"] = "running" if st in ("RUNNING", "COMPLETING") else "pending"
-            s["detail"] = f"job {job} {st}" + (f" ({reason})" if reason and reason != "None" else "")
+            s["detail"] += f" ({reason})" if reason and reason != "None" else ""
             at = latest_step(curves.get(key) or e.get("curve"))
             s["detail"] += f", {at}" if at else ""
+            if e.get("stage") == "eval" and s["detail"].startswith("training"):
+                s["detail"] += f"; evaluation job {job} starts when it succeeds"
         elif key in failed and (not e or failed[key].get("time", "") >= e.get("submitted", "")):
             s["state"] = "failed"
             s["detail"] = (failed[key].get("error") or "failed row").strip().splitlines()[0][:200]

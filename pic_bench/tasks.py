@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,10 @@ class Task:
     kind: str = "pic"  # pic | baseline_random | baseline_pixels
     results_dir: str = str(DEFAULT_RESULTS)
     checkpoint_dir: str = "checkpoints"
+    # what this task runs of a pic cell: "all" (train, then evaluate and write the row), "train" (train, keep the
+    # backbone and the final checkpoint, mark it trained; no row) or "eval" (evaluate a trained cell, write the
+    # row). Not part of the identity: the train and eval tasks of a cell are one experiment with one row.
+    stage: str = "all"
 
     @functools.cached_property
     def digest(self) -> str:
@@ -109,8 +114,47 @@ class Task:
     def curve(self) -> Path:
         return Path(self.results_dir) / "curves" / self.ablation / f"{self.stem}.jsonl"
 
+    @property
+    def trained_marker(self) -> Path:
+        """Written when training has finished (beside the final checkpoint): the training metrics, measured in the
+        process that trained, so an evaluation in another process or job reports them rather than its own."""
+        return self.checkpoint.with_name(self.checkpoint.stem + "-trained.json")
+
     def done(self) -> bool:
         return has_row(Path(self.results_dir), *self.key)
+
+    def trained(self) -> bool:
+        """Training has finished and its final checkpoint is there for the evaluation (a pic cell only)."""
+        return self.kind == "pic" and self.trained_marker.is_file() and self.checkpoint.is_file()
+
+    def at(self, stage: str) -> "Task":
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        return dataclasses.replace(self, stage=stage)
+
+
+STAGES = ("all", "train", "eval")
+
+
+def read_trained(task: Task) -> dict[str, Any] | None:
+    """The trained marker's content ({"step", "metrics", "backbone", "time"}), or None if absent or unreadable."""
+    try:
+        return json.loads(task.trained_marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_trained(task: Task, **record: Any) -> None:
+    """The trained marker (atomically): ``record`` (step, metrics, backbone, bad, derived) and the time."""
+    path = task.trained_marker
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, default=float))
+    os.replace(tmp, path)
+
+
+class NotTrained(RuntimeError):
+    """An evaluation task of a cell whose training has not finished (no trained marker or no final checkpoint)."""
 
 
 def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, metrics: dict | None = None
@@ -254,29 +298,41 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         return row
     from .train import reset_peak_memory, resolve_device
 
+    ckpt = task.checkpoint
+    marker = read_trained(task) if task.trained() else None
+    if task.stage == "eval" and marker is None:
+        e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (no "
+                       f"{task.trained_marker} or no {ckpt}); running the same command again submits the training")
+        _failed_row(task, _known_digest(task), cfg.run.device, e)
+        raise e
     reset_peak_memory(resolve_device(cfg.run.device))
     try:
         trainer = Trainer(cfg)
     except Exception as e:  # noqa: BLE001 - missing data and the like: recorded before it propagates
         _failed_row(task, _known_digest(task), cfg.run.device, e)
         raise
-    ckpt = task.checkpoint
     try:
-        # an unreadable image in train/ or val/ refuses the run now, not after training (data.on_bad_image=error)
-        bad = probe(trainer.source, cfg.data.on_bad_image)
+        # an unreadable image in train/ or val/ refuses the run now, not after training (data.on_bad_image=error);
+        # a trained cell was probed by its training
+        bad = marker["bad"] if marker and "bad" in marker else probe(trainer.source, cfg.data.on_bad_image)
     except Exception as e:  # noqa: BLE001 - recorded before it propagates
         _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
         raise
     trainer = resume(trainer, ckpt)
+    trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
                "eval_split": trainer.source.eval_split}
     if any(bad.values()):
         derived["bad_images"] = bad
-    if trainer.step:
+    if marker is not None and not trained_here:
+        # the row says what the training did (its resume, its job), not this evaluation's resume at the last step
+        derived.update(marker.get("derived", {}))
+        derived["evaluated_after_training"] = True  # in a later process or job than the one that trained
+    elif trainer.step:
         derived["resumed_from_step"] = trainer.step
     # helper C1's Trainer.train(curve=...) writes the file itself where it exists; otherwise our callback does
     own_curve = "curve" in inspect.signature(trainer.train).parameters
-    curve = CurveWriter(task.curve, trainer, echo=echo, write=not own_curve)
+    curve = CurveWriter(task.curve, trainer, echo=echo, write=not own_curve and trained_here)
 
     def on_step(step: int, steps: int, loss: float) -> None:
         curve(step, steps, loss)
@@ -284,14 +340,33 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             progress(step, steps, loss)
 
     try:
-        kw = {"curve": task.curve} if own_curve else {}
+        kw = {"curve": task.curve} if own_curve and trained_here else {}
         metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step, **kw)
+        if marker is not None and not trained_here:
+            # step times, memory and loss as the training process measured them (this one only loaded it)
+            metrics.update(marker["metrics"])
         from .backbone import save_backbone  # every trained backbone is kept, before evaluation can fail
         from .evaluate import Progress
 
-        backbone = save_backbone(trainer.model, cfg.model, trainer.source.channels,
-                                 ckpt.with_name(ckpt.stem + "-backbone.pt")) if trainer.dist.is_main else None
-        trainer.save(ckpt)  # a kill during evaluation reruns from here and from evaluation's own progress file
+        backbone_path = ckpt.with_name(ckpt.stem + "-backbone.pt")
+        if not trainer.dist.is_main:
+            backbone = None
+        elif marker is not None and backbone_path.is_file():
+            backbone = backbone_path
+        else:
+            backbone = save_backbone(trainer.model, cfg.model, trainer.source.channels, backbone_path)
+        if trained_here or marker is None:
+            trainer.save(ckpt)  # a kill during evaluation reruns from here and from evaluation's own progress file
+            if trainer.dist.is_main:
+                job = {k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_ARRAY_JOB_ID"),
+                                                     ("slurm_array_task_id", "SLURM_ARRAY_TASK_ID"),
+                                                     ("slurm_job", "SLURM_JOB_ID")) if v in os.environ}
+                kept = {k: derived[k] for k in ("resumed_from_step",) if k in derived}
+                write_trained(task, step=trainer.step, metrics=metrics, backbone=str(backbone) if backbone else None,
+                              bad=bad, derived={**kept, **({"train_job": job} if job else {})})
+        if task.stage == "train":
+            return {"status": "trained", "name": task.name, "metrics": metrics,
+                    "backbone": str(backbone) if backbone else None}
         eval_progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"))
         t0 = time.perf_counter()
         metrics.update(trainer.evaluate(eval_progress))
@@ -299,7 +374,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         if any(bad.values()):  # on_bad_image=skip: what the evaluation left out (train set and val split)
             metrics["eval_skipped_images"] = sum(bad.values())
             metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
-        # peak_mem_*: the training loop's, from train() (read before evaluation)
+        # peak_mem_*: the training loop's, from train() (read before evaluation) or from the trained marker
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
         row["backbone"] = str(backbone) if backbone else None
@@ -313,8 +388,9 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, derived, trainer.device, e)
         raise
     append_row(row, Path(task.results_dir))
-    if ckpt.is_file():
-        ckpt.unlink()
+    for done_with in (ckpt, task.trained_marker):
+        if done_with.is_file():
+            done_with.unlink()
     eval_progress.clear()
     return row
 

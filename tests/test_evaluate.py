@@ -461,8 +461,12 @@ def test_killed_evaluation_in_a_run_finishes_without_retraining(tmp_path, monkey
         with pytest.raises(Killed):
             run_task(task)
     assert task.checkpoint.is_file() and not (tmp_path / "results" / "rows").exists()
+    trained = json.loads(task.trained_marker.read_text())
     row = run_task(task)
-    assert row["derived"]["resumed_from_step"] == row["derived"]["steps"]  # training was not run again
+    # training was not run again: the row reports the training process's figures and says it was not resumed
+    assert row["derived"]["evaluated_after_training"] is True and "resumed_from_step" not in row["derived"]
+    assert row["metrics"]["peak_mem_mib"] == trained["metrics"]["peak_mem_mib"]
+    assert row["metrics"]["train_wall_s"] == trained["metrics"]["train_wall_s"]
     assert row["metrics"]["knn_top1"] == want["metrics"]["knn_top1"]
     assert row["metrics"]["linear_top1"] == want["metrics"]["linear_top1"]
     assert not task.checkpoint.is_file() and not list(task.checkpoint.parent.glob("*-eval.pt*"))

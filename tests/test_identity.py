@@ -139,7 +139,9 @@ def test_tasks_with_one_key_are_submitted_once(tmp_path, monkeypatch, capsys):
     same = Task("dup", "smoke", {"pic.K": 512}, cfg, results_dir=str(tmp_path))  # a cell resolving to one config
     other = Task("dup", "smoke", {}, apply(cfg, {"run.seed": 3}, "t"), results_dir=str(tmp_path))
     assert launch.submit([t, same, other], None, results_dir=tmp_path) == 0
-    assert len(submitted) == 2 and len({s.key for s in submitted}) == 2
+    trainings = [s for s in submitted if s.stage == "train"]  # each followed by its evaluation task
+    assert len(trainings) == 2 and len({s.key for s in trainings}) == 2
+    assert sorted(s.key for s in submitted if s.stage == "eval") == sorted(s.key for s in trainings)
     assert "warning: 1 task(s) resolve to the same experiment" in capsys.readouterr().err
     manifest = launch.read_manifest(tmp_path, "dup")
     assert set(manifest) == {t.key, other.key}

@@ -132,41 +132,115 @@ def test_cluster_settings_in_an_ablation_file_are_refused(tmp_path):
         load_ablation(path)
 
 
-def test_settings_reach_the_sbatch_script_and_each_task_is_one_array_element(tmp_path, monkeypatch, capsys):
-    """With a stand-in sbatch that keeps the script: resources, extra flags and setup lines are in it, and the
-    four tasks (2 cells + 2 baselines) are one array of four."""
+@pytest.fixture
+def recording_sbatch(tmp_path, monkeypatch):
+    """sinfo listing debug and gpu; an sbatch that keeps every script (scripts/<n>.sh) and answers job ids
+    4242, 4243, ...; squeue with what the test writes into squeue.txt; scancel that records its arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (tmp_path / "squeue.txt").write_text("")
     (bin_dir / "sinfo").write_text("#!/bin/sh\nprintf 'debug*\\ngpu\\n'\n")
-    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path / 'script.sh'}\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {tmp_path / 'squeue.txt'}\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scancel.txt'}\n")
+    (bin_dir / "sbatch").write_text(
+        f"#!/bin/sh\nn=$(ls {scripts} | wc -l)\ncp \"$1\" {scripts}/$n.sh\necho \"Submitted batch job $((4242 + n))\"\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    code, err = submit_with(tmp_path, """\
-        partition: gpu
-        account: proj
-        nodes: 2
-        tasks_per_node: 4
-        gpus_per_node: 4
-        cpus_per_task: 8
-        mem_gb: 200
-        time_min: 720
-        signal_delay_s: 120
-        array_parallelism: 3
-        setup: ["source .venv/bin/activate"]
-        extra_sbatch: {constraint: a100}
-        """, f"folder={tmp_path / 'logs'}", capsys=capsys)
+    return tmp_path
+
+
+def scripts(d: Path) -> list[str]:
+    return [(d / "scripts" / f"{i}.sh").read_text() for i in range(len(list((d / "scripts").iterdir())))]
+
+
+BIG_CLUSTER = """\
+    partition: gpu
+    account: proj
+    nodes: 2
+    tasks_per_node: 4
+    gpus_per_node: 4
+    cpus_per_task: 8
+    mem_gb: 200
+    time_min: 720
+    signal_delay_s: 120
+    array_parallelism: 3
+    setup: ["source .venv/bin/activate"]
+    extra_sbatch: {constraint: a100}
+    eval: {nodes: 1, tasks_per_node: 1, gpus_per_node: 1, time_min: 240}
+    """
+
+
+def test_training_evaluation_and_baselines_are_three_arrays_with_their_own_resources(recording_sbatch, capsys):
+    """Resources, extra flags and setup lines reach every sbatch script; the two cells train in one array of
+    two, their evaluations are an array of two started task by task when training succeeds (aftercorr), with
+    the eval section's resources; the two baselines request one rank and one GPU."""
+    tmp_path = recording_sbatch
+    code, err = submit_with(tmp_path, BIG_CLUSTER, f"folder={tmp_path / 'logs'}", capsys=capsys)
     assert code == 0, err
-    script = (tmp_path / "script.sh").read_text()
-    for flag in ("--partition=gpu", "--account=proj", "--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4",
-                 "--cpus-per-task=8", "--mem=204800MB", "--time=720", "--signal=USR2@120", "--array=0-3%3",
-                 "--constraint=a100"):
-        assert f"#SBATCH {flag}\n" in script, flag
-    assert "source .venv/bin/activate" in script and "submitit.core._submit" in script
-    manifest = launch.read_manifest(tmp_path / "results", "slurm_ci")
-    assert sorted(e["job_id"] for e in manifest.values()) == ["4242_0", "4242_1", "4242_2", "4242_3"]
-    assert "submitted 4 task(s) as job array 4242" in err
+    train, evaluation, baseline = scripts(tmp_path)
+    for script in (train, evaluation, baseline):
+        for flag in ("--partition=gpu", "--account=proj", "--cpus-per-task=8", "--mem=204800MB",
+                     "--signal=USR2@120", "--array=0-1%2", "--constraint=a100"):
+            assert f"#SBATCH {flag}\n" in script, flag
+        assert "source .venv/bin/activate" in script and "submitit.core._submit" in script
+    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--time=720"):
+        assert f"#SBATCH {flag}\n" in train, flag
+    for flag in ("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1", "--time=240",
+                 "--dependency=aftercorr:4242", "--kill-on-invalid-dep=yes"):
+        assert f"#SBATCH {flag}\n" in evaluation, flag
+    for flag in ("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1", "--time=720"):
+        assert f"#SBATCH {flag}\n" in baseline, flag
+    assert "--dependency" not in train + baseline
+    final = launch.read_manifest(tmp_path / "results", "slurm_ci")
+    trains = launch.read_manifest(tmp_path / "results", "slurm_ci", stage="train")
+    assert sorted(e["job_id"] for e in trains.values()) == ["4242_0", "4242_1"]
+    assert sorted((e["stage"], e["job_id"]) for e in final.values()) == [
+        ("baseline", "4244_0"), ("baseline", "4244_1"), ("eval", "4243_0"), ("eval", "4243_1")]
+    for key, e in trains.items():  # evaluation task i belongs to training task i (aftercorr pairs them by index)
+        assert final[key]["job_id"].split("_")[1] == e["job_id"].split("_")[1]
+    assert "submitted 2 train task(s) as job array 4242" in err
+    assert "submitted 2 eval task(s) as job array 4243" in err and "aftercorr:4242" in err
+
+
+def test_a_trained_cell_gets_only_its_evaluation_and_a_dead_evaluation_is_resubmitted(recording_sbatch, capsys):
+    """The same command again finishes what is missing: a cell whose training finished (trained marker and
+    final checkpoint) is submitted as an evaluation without dependency; an evaluation left pending because its
+    training failed (SLURM: DependencyNeverSatisfied) is cancelled, and its cell is trained and evaluated again."""
+    tmp_path = recording_sbatch
+    code, err = submit_with(tmp_path, BIG_CLUSTER, f"folder={tmp_path / 'logs'}", capsys=capsys)
+    assert code == 0, err
+    abl = load_ablation(tmp_path / "slurm_ci.yaml")
+    tasks = [t for t in run.expand(abl, "smoke", {}, str(tmp_path / "results"), str(tmp_path / "ck"))
+             if t.kind == "pic"]
+    trained, untrained = tasks
+    trained.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    trained.checkpoint.write_bytes(b"final checkpoint")
+    trained.trained_marker.write_text("{}")
+    final = launch.read_manifest(tmp_path / "results", "slurm_ci")
+    dead = final[tuple(launch.task_key(untrained))]["job_id"]
+    (tmp_path / "squeue.txt").write_text(f"{dead}|PENDING|DependencyNeverSatisfied\n")
+    for f in (tmp_path / "scripts").iterdir():
+        f.unlink()
+    code, err = submit_with(tmp_path, BIG_CLUSTER, f"folder={tmp_path / 'logs'}", capsys=capsys)
+    assert code == 0, err
+    assert (tmp_path / "scancel.txt").read_text().split() == [dead]
+    by_stage = {}
+    for script in scripts(tmp_path):
+        stage = "train" if "_train" in script.split("--job-name=")[1].split("\n")[0] else (
+            "eval" if "_eval" in script.split("--job-name=")[1].split("\n")[0] else "baseline")
+        by_stage.setdefault(stage, []).append(script)
+    assert len(by_stage["train"]) == 1  # one training task, of the untrained cell only
+    trains = launch.read_manifest(tmp_path / "results", "slurm_ci", stage="train")
+    assert trains[tuple(launch.task_key(untrained))]["job_id"] == "4242"  # this round's
+    assert trains[tuple(launch.task_key(trained))]["job_id"] in ("4242_0", "4242_1")  # the first round's
+    evals = by_stage["eval"]  # the untrained cell's, after its new training; the trained cell's, at once
+    assert len(evals) == 2
+    assert "#SBATCH --dependency=afterok:4242\n" in evals[0] and "--dependency" not in evals[1]
+    final2 = launch.read_manifest(tmp_path / "results", "slurm_ci")
+    assert final2[tuple(launch.task_key(untrained))]["job_id"] != dead
 
 
 def test_shipped_cluster_file_loads():
@@ -291,7 +365,9 @@ def slurm_flow(tmp_path_factory):
         abl = load_ablation(abl_path)
         tasks = run.expand(abl, "smoke", {}, str(results), str(ck))
         target = next(t for t in tasks if t.kind == "pic" and t.cell == {"pic.correction": False})
-        job_id = manifest[tuple(launch.task_key(target))]["job_id"]
+        trains = launch.read_manifest(results, "slurm_ci", stage="train")
+        out["trains"] = trains
+        job_id = trains[tuple(launch.task_key(target))]["job_id"]  # its training task
         wait_until(target.checkpoint.is_file, 150, "the first periodic checkpoint of the target task")
         step_at_signal = __import__("torch").load(target.checkpoint, weights_only=False)["step"]
         # scancel delivers at once, then may retry for as long as the requeue keeps the job busy ("Job can not
@@ -328,7 +404,8 @@ def slurm_flow(tmp_path_factory):
         print(f"slurm flow: signalled after {out['signalled'][2]:.0f} s, all rows after {out['rows_done_s']:.0f} s,"
               f" total {out['total_s']:.0f} s", file=sys.stderr)
     finally:
-        active = [e["job_id"] for e in launch.read_manifest(results, "slurm_ci").values()]
+        active = [e["job_id"] for stage in ("final", "train")
+                  for e in launch.read_manifest(results, "slurm_ci", stage=stage).values()]
         if active:
             subprocess.run(["scancel", *active], capture_output=True, timeout=30)
     return out
@@ -336,12 +413,17 @@ def slurm_flow(tmp_path_factory):
 
 @pytest.mark.slurm
 def test_submission_prints_the_array_id_and_returns(slurm_flow):
-    proc, manifest = slurm_flow["submit"], slurm_flow["manifest"]
-    arrays = {e["array_id"] for e in manifest.values()}
-    assert len(manifest) == 4 and len(arrays) == 1  # 2 cells + 2 baselines, one array
-    array_id = arrays.pop()
-    assert f"submitted 4 task(s) as job array {array_id}" in proc.stdout
-    assert sorted(e["job_id"] for e in manifest.values()) == [f"{array_id}_{i}" for i in range(4)]
+    """Three arrays: the cells' training, their evaluations (each after its training task), the baselines."""
+    proc, manifest, trains = slurm_flow["submit"], slurm_flow["manifest"], slurm_flow["trains"]
+    assert len(manifest) == 4 and len(trains) == 2  # 2 cells (train + eval) + 2 baselines
+    (train_id,) = {e["array_id"] for e in trains.values()}
+    evals = {e["array_id"] for e in manifest.values() if e["stage"] == "eval"}
+    bases = {e["array_id"] for e in manifest.values() if e["stage"] == "baseline"}
+    assert len(evals) == len(bases) == 1 and len({train_id, *evals, *bases}) == 3
+    assert f"submitted 2 train task(s) as job array {train_id}" in proc.stdout
+    assert f"submitted 2 eval task(s) as job array {evals.pop()}" in proc.stdout
+    assert f"aftercorr:{train_id}" in proc.stdout
+    assert sorted(e["job_id"] for e in trains.values()) == [f"{train_id}_{i}" for i in range(2)]
 
 
 @pytest.mark.slurm
@@ -350,10 +432,14 @@ def test_every_array_task_lands_exactly_one_row(slurm_flow):
     assert len(rows) == 4 and slurm_flow["lines"] == 4  # no duplicate after the requeue
     assert {r["kind"] for r in rows.values()} == {"pic", "baseline_random", "baseline_pixels"}
     for r in rows.values():
-        assert r["slurm_job_id"] == slurm_flow["manifest"][row_key(r)]["array_id"]
+        assert r["slurm_job_id"] == slurm_flow["manifest"][row_key(r)]["array_id"]  # written by its final task
         assert r["slurm_array_task_id"] is not None
-        if r["kind"] == "pic":
+        if r["kind"] == "pic":  # evaluated in its own task, after the training task of the same index
             assert r["metrics"]["knn_top1"] > 0 and r["metrics"]["final_loss"] > 0
+            assert r["derived"]["evaluated_after_training"] is True
+            job = r["derived"]["train_job"]
+            assert job["slurm_job_id"] == slurm_flow["trains"][row_key(r)]["array_id"]
+            assert job["slurm_array_task_id"] == r["slurm_array_task_id"]
 
 
 @pytest.mark.slurm
@@ -367,7 +453,7 @@ def test_requeued_task_resumed_from_its_checkpoint_with_uninterrupted_numbers(sl
     assert "resumed_from_step" not in ref["derived"]
     for key in ("final_loss", "knn_top1", "linear_top1"):
         assert row["metrics"][key] == ref["metrics"][key], key  # bit-exact: deterministic CPU run
-    log = Path(slurm_flow["manifest"][row_key(row)]["stderr"])
+    log = Path(slurm_flow["trains"][row_key(row)]["stderr"])  # the training task was requeued
     assert "Requeued" in log.read_text() or "requeue" in log.read_text().lower()
 
 
@@ -376,8 +462,8 @@ def test_resubmission_skips_finished_cells_and_reruns_only_the_missing_one(slurm
     proc = slurm_flow["resubmit"]
     assert proc.returncode == 0, proc.stderr
     assert "skipping 3 task(s) whose row already exists" in proc.stderr
-    assert "submitted 1 task(s)" in proc.stdout
-    assert len(slurm_flow["manifest2_lines"]) == 5  # 4 first submissions + the one resubmitted
+    assert "submitted 1 baseline task(s)" in proc.stdout and "train task(s)" not in proc.stdout
+    assert len(slurm_flow["manifest2_lines"]) == 7  # 2 trainings, 2 evaluations, 2 baselines + the one resubmitted
     rows2 = slurm_flow["rows2"]
     assert len(rows2) == 4
     again = [r for r in rows2.values() if r["kind"] == "baseline_pixels"][0]
@@ -642,7 +728,8 @@ def test_manual_usr2_twice_requeues_once_without_using_up_max_requeues(tmp_path)
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (task,) = run.expand(load_ablation(abl_path), "smoke", {}, str(results), str(ck), baselines=False)
-    entry = launch.read_manifest(results, "slurm_usr2")[task.key]
+    entry = launch.read_manifest(results, "slurm_usr2", stage="train")[task.key]  # the training task
+    evaluation = launch.read_manifest(results, "slurm_usr2")[task.key]
     try:
         wait_until(task.checkpoint.is_file, 150, "the first periodic checkpoint")
         for _ in range(2):
@@ -662,7 +749,7 @@ def test_manual_usr2_twice_requeues_once_without_using_up_max_requeues(tmp_path)
         assert got[0]["derived"].get("resumed_from_step", 0) > 0
         assert "a preemption (does not count against max_requeues)" in log
     finally:
-        subprocess.run(["scancel", entry["job_id"]], capture_output=True, timeout=30)
+        subprocess.run(["scancel", entry["job_id"], evaluation["job_id"]], capture_output=True, timeout=30)
 
 
 def test_data_that_cannot_be_read_at_submission_is_one_error_line(tmp_path, fake_slurm, capsys):
