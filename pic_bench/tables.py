@@ -299,13 +299,21 @@ def _pm(mean: float, std: float) -> str:
 def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference] | None = None) -> list[str]:
     """The reference beside our value for every PIC cell that ran its setting, else the PIC rows for context."""
     refs = reference.load() if refs is None else refs
-    matched = [(t, reference.match(t["config"], t["derived"], refs)) for t in table if t["kind"] == "pic"]
-    matched = [(t, r) for t, r in matched if r is not None]
+    pic = [t for t in table if t["kind"] == "pic"]
+    matched = [(t, r) for t, r in ((t, reference.match(t["config"], t["derived"], refs)) for t in pic) if r]
+    probed = [t for t in pic if not any(t is m for m, _ in matched)
+              and reference.match(t["config"], t["derived"], refs, any_protocol=True)]
     lines = ["## Published reference", ""]
+    if probed:
+        lines += ["Cells that ran the setting of a published number but were evaluated by the fast probe "
+                  "(eval.protocol: probe, full-batch Adam on frozen, standardised features), not the official "
+                  "linear evaluation, so they are not put beside it: "
+                  + ", ".join(f"{t['preset']} {_md(_label(t))}" for t in probed)
+                  + " (rerun with eval.protocol=linear_sgd).", ""]
     if matched:
-        lines += [f"Cells that ran the setting of a published number (from {reference.SOURCE}). Our linear probe "
-                  "(full-batch Adam on frozen, standardised backbone features) is not the official linear "
-                  "evaluation protocol.",
+        lines += [f"Cells that ran the setting of a published number (from {reference.SOURCE}) and were "
+                  "evaluated by its protocol (eval.protocol: linear_sgd, the official linear evaluation: 100 "
+                  "epochs of SGD on the frozen backbone, as bl0/PIC main_linear.py).",
                   "", "| preset | cell | n | our linear top-1 | reference top-1 | ours − reference | reference |",
                   "|---|---|---|---|---|---|---|"]
         for t, r in matched:

@@ -256,9 +256,13 @@ def test_reference_is_context_only_when_no_setting_matches(tmp_path):
 
 
 def test_reference_is_shown_beside_a_cell_that_ran_its_setting(tmp_path):
-    setting = {**reference.PIC_README_SETTING, "optim.epochs": 200}
+    setting = {**reference.PIC_README_SETTING, "optim.epochs": 200, "eval.protocol": "linear_sgd"}
     rows = [make("epochs", {"optim.epochs": 200}, s, 55.0, 67.0 + s, preset="paper", extra=setting,
                  derived={"N": reference.IMAGENET_1K_TRAIN}) for s in range(3)]
+    # the setting judged by the fast probe is not the published protocol: named, never put beside it
+    rows += [make("epochs", {"optim.epochs": 1600}, s, 55.0, 71.0, preset="paper",
+                  extra={**setting, "optim.epochs": 1600, "eval.protocol": "probe"},
+                  derived={"N": reference.IMAGENET_1K_TRAIN}) for s in range(3)]
     # the same setting on a folder that is not ImageNet-1K's size must not match
     rows += [make("epochs", {"optim.epochs": 400}, s, 55.0, 60.0, preset="paper",
                   extra={**setting, "optim.epochs": 400}, derived={"N": 50000}) for s in range(3)]
@@ -268,6 +272,8 @@ def test_reference_is_shown_beside_a_cell_that_ran_its_setting(tmp_path):
     line = next(x for x in ref.splitlines() if "optim.epochs=200" in x)
     assert "| 68.00 ± 1.00 | 68.6 | -0.60 |" in line
     assert "optim.epochs=400" not in ref
+    assert not any("optim.epochs=1600" in x and "70.8" in x for x in ref.splitlines())
+    assert "evaluated by the fast probe" in ref and "optim.epochs=1600" in ref
     csv = (tmp_path / "tables" / "epochs.csv").read_text()
     assert ",68.6000,-0.6000" in csv
     assert reference.match(to_dict(build("small"))) is None

@@ -62,13 +62,17 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
 
 
 def match(config: dict[str, Any], derived: dict[str, Any] | None = None,
-          refs: list[Reference] | None = None) -> Reference | None:
+          refs: list[Reference] | None = None, any_protocol: bool = False) -> Reference | None:
     """The PIC reference row whose setting ``config`` (a resolved config as a nested dict) reproduces, or None.
 
     ``derived`` (a result row's derived values) must name N = 1,281,167 when it names N at all: an image folder
-    of another size is not ImageNet-1K.
+    of another size is not ImageNet-1K. The published numbers are the official linear evaluation's, so only a
+    cell evaluated by that protocol (``eval.protocol: linear_sgd``) matches; ``any_protocol`` drops that condition
+    (to name cells that ran the setting but were judged by the fast probe).
     """
     if any(_get(config, k) != v for k, v in PIC_README_SETTING.items()):
+        return None
+    if not any_protocol and _get(config, "eval.protocol") != "linear_sgd":
         return None
     if derived and "N" in derived and derived["N"] != IMAGENET_1K_TRAIN:
         return None
