@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .model import resnet, small_cnn
+from .model import backbone
 
 FORMAT = "pic_bench.backbone"
 VERSION = 1
@@ -81,9 +81,6 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: backbone format version {meta.get('version')}, this code reads {VERSION}")
     cfg = ModelConfig(**meta["model"])
-    if cfg.arch == "small_cnn":
-        net, feat_dim = small_cnn(meta["channels"], cfg.width, cfg.pool)
-    else:
-        net, feat_dim = resnet(cfg.arch, meta["channels"], cfg.small_stem, cfg.pool)
+    net, feat_dim = backbone(cfg, meta["channels"])
     net.load_state_dict(blob["state_dict"])
     return Backbone(net, feat_dim, meta).to(device).eval()

@@ -698,6 +698,14 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
         refuse("data.views", "must be >= 1")
     if not 0 < d.crop_min <= 1:
         refuse("data.crop_min", "must be in (0, 1]")
+    if d.small_views > 0:  # multi-crop: small crops take area [crop_min, small_crop_max], large [small_crop_max, 1]
+        if not 0 < d.small_crop_max <= 1:
+            refuse("data.small_crop_max", f"must be in (0, 1] with data.small_views={d.small_views} (large crops "
+                   "take area [data.small_crop_max, 1])")
+        if d.crop_min >= d.small_crop_max:
+            refuse("data.small_crop_max", f"must be > data.crop_min={d.crop_min} (from {src('data.crop_min')}) "
+                   f"with data.small_views={d.small_views}: small crops take area [data.crop_min, "
+                   "data.small_crop_max], an empty range")
     if d.eval_split != "val" and d.dataset != "imagefolder":
         refuse("data.eval_split", f"applies to image folders only; data.dataset={d.dataset} always evaluates on "
                "its own test split")

@@ -4,13 +4,15 @@
         --slurm tasks_per_node=4 gpus_per_node=4        # one rank per GPU, initialised from SLURM (submitit)
 
 The principle: a W-rank run is the one-process algorithm with the same global batch B = W * b, only with the
-backbone's work split by rows of the batch. Concretely:
+loading and the backbone split by rows of the batch. Concretely:
 
-- **Data.** Every rank iterates the same global batch stream (the loader is built exactly as in one process, so
-  the augmentation draws are those of a one-process run) and trains on its rows ``[r*b, (r+1)*b)``. The price:
-  each rank decodes and augments the whole global batch (W-fold loading work); the backbone's forward and
-  backward, the costly part, is split. Loading only a rank's rows would need augmentation seeded per stream
-  position instead of per step (a change to the loader, not made here).
+- **Data: sharded.** Each rank's loader (``build_loader(..., shard=(rank, world))``) reads, decodes and augments
+  only its rows ``[r*b, (r+1)*b)`` of each global batch (``data.shard_rows``; B must be a multiple of W), with the
+  random draws those rows get in one process (torchvision: per-image seeds from run seed, step and row; batched
+  and DALI: the whole global batch's draws, sliced), so the union of the slices, in rank order, is the
+  single-process batch bit for bit and the loading work is split W ways like the backbone's. The batch still
+  carries all B instance indices and names its slice (``Batch.rows``). ``data.on_bad_image=skip`` is refused with
+  several ranks: a rank dropping an image would make its slice disagree with the others' view of the batch.
 - **Instance classifier: replicated.** Every rank holds all of w and u (N, d). The recent-negatives ring is fed
   the *global* batch's indices (all B of them), so U and every target are the same on every rank. Each rank's
   loss is the mean over its rows; the gradients of the backbone and of w_U are all-reduced and divided by W,

@@ -42,13 +42,24 @@ def resnet(arch: str, channels: int, small_stem: bool, pool: int = 1) -> tuple[n
     return net, feat
 
 
+def backbone(cfg: ModelConfig, channels: int) -> tuple[nn.Module, int]:
+    """The backbone of ``cfg`` for ``channels``-channel images and its feature dim."""
+    if cfg.arch == "small_cnn":
+        return small_cnn(channels, cfg.width, cfg.pool)
+    return resnet(cfg.arch, channels, cfg.small_stem, cfg.pool)
+
+
+def feature_dim(cfg: ModelConfig, channels: int) -> int:
+    """The backbone's feature dim (what kNN and the linear probe see), from the network itself built on the meta
+    device: no memory and no initialisation, so a plan can ask for a ResNet-50's in milliseconds."""
+    with torch.device("meta"):
+        return backbone(cfg, channels)[1]
+
+
 class PICModel(nn.Module):
     def __init__(self, cfg: ModelConfig, channels: int):
         super().__init__()
-        if cfg.arch == "small_cnn":
-            self.backbone, self.feat_dim = small_cnn(channels, cfg.width, cfg.pool)
-        else:
-            self.backbone, self.feat_dim = resnet(cfg.arch, channels, cfg.small_stem, cfg.pool)
+        self.backbone, self.feat_dim = backbone(cfg, channels)
         if cfg.head == "mlp":
             self.head = nn.Sequential(nn.Linear(self.feat_dim, cfg.head_hidden), nn.BatchNorm1d(cfg.head_hidden),
                                       nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, cfg.dim))

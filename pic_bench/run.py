@@ -191,6 +191,17 @@ def plumbing_note(cfg: Config) -> str:
             "nothing); use small or paper for results")
 
 
+def dry_run_resources(tasks: list[Task], executor: str) -> dict[str, str]:
+    """Task name -> what it runs on, for the dry run's plan: this process's device with the local executor. A
+    SLURM task's resources (e.g. "1 node x 4 tasks x 4 GPUs, 720 min") come from the SLURM side; none here yet."""
+    if executor != "local":
+        return {}
+    from .results import device_name
+    from .train import resolve_device
+
+    return {t.name: f"this process ({device_name(resolve_device(t.cfg.run.device))})" for t in tasks}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("ablation", help="ablation file, e.g. ablations/negatives_k.yaml")
@@ -254,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
             for t in tasks:  # each task's identity names its data: read it now, not after the first step
                 t.key
-            listing = [(t.name, t.cell, t.done()) for t in tasks] if args.dry_run else []
+            listing = []
+            if args.dry_run:
+                from . import plan
+
+                resources = dry_run_resources(tasks, executor)
+                listing = [(t.name, t.cell, t.done(), plan.describe(t, args.results, resources.get(t.name)))
+                           for t in tasks]
         else:
             results = Path(args.results)
-            listing = [(name, cell, has_row(results, abl.name, kind, preset, config_hash(cfg), cfg.run.seed))
+            listing = [(name, cell, has_row(results, abl.name, kind, preset, config_hash(cfg), cfg.run.seed), None)
                        for name, cell, kind, cfg in analysis_points(abl, preset, cli)] if args.dry_run else []
         if args.dry_run and executor == "slurm" and abl.kind == "train":
             from . import launch  # the cluster settings too, as submission would check them (sinfo, time limit)
@@ -268,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for name, cell, done in listing:
+        for name, cell, done, described in listing:
             print(name, cell, "done" if done else "todo")
+            if described:  # the plan on a line of its own: the task line stays "name cell done|todo"
+                print("   ", described)
         return 0
     smoke = preset == "smoke" and abl.kind == "train"
     if smoke:

@@ -25,18 +25,31 @@ from .probe import probe
 from .results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
-# data config (and the seed, for data drawn from it) -> the digest of its index -> image map, per process
-_DIGESTS: dict[tuple, str] = {}
+# data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
+# images, channels), per process
+_DATA: dict[tuple, tuple[str, int, int, int]] = {}
+
+
+def _data(cfg: Config) -> tuple[str, int, int, int]:
+    """What a config's data is, loaded once per distinct data config in this process: a sweep over 20 cells x 3
+    seeds lists or reads its dataset once, not 60 times."""
+    # only the synthetic source draws its images from the run seed; others are the same at every seed
+    key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
+    if key not in _DATA:
+        s = data_sources.load_source(cfg.data, cfg.run.seed)
+        _DATA[key] = (s.index_digest, s.N, len(s.test), s.channels)
+    return _DATA[key]
 
 
 def data_digest(cfg: Config) -> str:
-    """The digest of the instances a config trains on (``Source.index_digest``), loaded once per distinct data
-    config in this process: a sweep over 20 cells x 3 seeds lists or reads its dataset once, not 60 times."""
-    # only the synthetic source draws its images from the run seed; others are the same at every seed
-    key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = data_sources.load_source(cfg.data, cfg.run.seed).index_digest
-    return _DIGESTS[key]
+    """The digest of the instances a config trains on (``Source.index_digest``)."""
+    return _data(cfg)[0]
+
+
+def data_sizes(cfg: Config) -> tuple[int, int, int]:
+    """(N training instances, images of the evaluation split, channels) of a config's data, from the same load as
+    its digest (for a folder: the cached listing, no image is decoded)."""
+    return _data(cfg)[1:]
 
 
 def short_digest(digest: str | None, n: int = 8) -> str:

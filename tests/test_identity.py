@@ -84,7 +84,7 @@ def test_the_dataset_index_is_loaded_once_per_data_config_when_expanding(tmp_pat
     calls = []
     real = sources.load_source
     monkeypatch.setattr(sources, "load_source", lambda cfg, seed=0: calls.append(cfg) or real(cfg, seed))
-    monkeypatch.setattr(tasks_mod, "_DIGESTS", {})
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
     f = tmp_path / "two.yaml"
     f.write_text("name: two\nseeds: [0, 1, 2]\nsweep: {pic.tau: [0.1, 0.2], data.num_instances: [128, 256]}\n")
     ts = expand(load_ablation(f).for_preset("smoke"), "smoke", {}, str(tmp_path))

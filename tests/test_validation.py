@@ -78,6 +78,20 @@ def test_small_size_is_checked_only_when_small_views_are_on(capsys):
     assert rc == 0, err
 
 
+@pytest.mark.parametrize("items, must", [
+    (("data.crop_min=0.5", "data.small_crop_max=0.3"), ("data.small_crop_max=0.3", "data.crop_min=0.5")),
+    (("data.crop_min=0.3", "data.small_crop_max=0.3"), ("data.small_crop_max=0.3", "data.crop_min=0.3")),
+    (("data.crop_min=0.2", "data.small_crop_max=1.5"), ("data.small_crop_max=1.5", "(0, 1]")),
+    (("data.crop_min=0.2", "data.small_crop_max=0"), ("data.small_crop_max=0", "(0, 1]")),
+])
+def test_multi_crop_areas_must_leave_the_small_crops_a_range(capsys, items, must):
+    """small crops take area [crop_min, small_crop_max] and large ones [small_crop_max, 1] (data/augment.py)."""
+    refused(capsys, NEG_K, "smoke", "data.small_views=1", "data.small_size=4", *items, "--dry-run", "--seeds", "0",
+            must=(*must, "command line"))
+    rc, _, err = main(capsys, NEG_K, "smoke", *items, "--dry-run", "--seeds", "0")  # no small crops: unused
+    assert rc == 0, err
+
+
 def test_a_real_run_refuses_before_any_work(capsys, tmp_path):
     """Without --dry-run too: nothing trains and nothing is written."""
     refused(capsys, NEG_K, "smoke", "model.dim=0", "--seeds", "0", "--no-baselines", "optim.max_steps=2",

@@ -49,7 +49,16 @@ class Batch:
         if self.rows is None:
             self.rows = (0, int(self.index.numel()))
 
+    def _map(self, fn) -> "Batch":
+        return Batch([fn(v) for v in self.views], fn(self.index), self.step, [fn(v) for v in self.small_views],
+                     self.skipped, self.rows)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (what DataLoader(pin_memory=True) calls on each batch it yields)."""
+        return self._map(lambda t: t.pin_memory())
+
     def to(self, device: torch.device) -> "Batch":
-        nb = device.type == "cuda"
-        return Batch([v.to(device, non_blocking=nb) for v in self.views], self.index.to(device, non_blocking=nb),
-                     self.step, [v.to(device, non_blocking=nb) for v in self.small_views], self.skipped, self.rows)
+        # asynchronous only from pinned memory: from pageable memory CUDA waits for the stream's queued work
+        # before it copies, so non_blocking would not overlap anything there
+        device = torch.device(device)
+        return self._map(lambda t: t.to(device, non_blocking=device.type == "cuda" and t.is_pinned()))

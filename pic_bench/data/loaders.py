@@ -23,7 +23,8 @@ def build_loader(cfg: Config, source: Source, schedule: Schedule, shard: tuple[i
     Args:
         shard: (rank, world): this rank reads and decodes only its rows of each global batch (``shard_rows``).
         device: where DALI decodes (``cuda:<i>`` -> its ``device_id``; "cpu"); None: the GPU of the current
-            CUDA device when the run uses CUDA. The other loaders produce CPU tensors.
+            CUDA device when the run uses CUDA. The other loaders produce CPU tensors; torchvision's are pinned
+            when ``device`` is CUDA (an asynchronous copy in ``Batch.to``).
     """
     d = cfg.data
     rank, world = shard
@@ -47,4 +48,4 @@ def build_loader(cfg: Config, source: Source, schedule: Schedule, shard: tuple[i
     from .torchvision_loader import TorchvisionLoader
 
     return TorchvisionLoader(source.train, schedule, cfg.optim.batch_size, large, small, d.views, d.small_views,
-                             cfg.run.seed, d.workers, d.on_bad_image, rows=rows)
+                             cfg.run.seed, d.workers, d.on_bad_image, rows=rows, device=device)

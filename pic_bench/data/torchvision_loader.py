@@ -69,22 +69,30 @@ def _identity(b):
 
 class TorchvisionLoader:
     """Iterates ``Batch`` for steps ``[start_step, end_step)``; ``rows`` (lo, hi): the rows of each global
-    batch this rank reads and augments (default all)."""
+    batch this rank reads and augments (default all). ``device``: where the batches go; for CUDA they come in
+    pinned memory (``pin_memory``), so ``Batch.to`` copies them asynchronously."""
 
     name = "torchvision"
 
     def __init__(self, images: ImageSet, schedule: Schedule, B: int, large: Recipe, small: Recipe | None = None,
                  views: int = 1, small_views: int = 0, seed: int = 0, workers: int = 0,
-                 on_bad_image: str = "error", rows: tuple[int, int] | None = None):
+                 on_bad_image: str = "error", rows: tuple[int, int] | None = None,
+                 device: torch.device | str | None = None):
         self.ds = _Steps(images, schedule, B, large, small, views, small_views if small else 0, seed, on_bad_image,
                          rows or (0, B))
         self.workers = workers
+        self.pin_memory = device is not None and torch.device(device).type == "cuda"
+
+    def data_loader(self, start_step: int, end_step: int) -> DataLoader:
+        """The worker processes' DataLoader over steps [start_step, end_step) (``workers`` > 0)."""
+        return DataLoader(self.ds, batch_size=None, sampler=range(start_step, end_step), num_workers=self.workers,
+                          collate_fn=_identity, prefetch_factor=4, persistent_workers=False,
+                          pin_memory=self.pin_memory)
 
     def iterate(self, start_step: int, end_step: int):
         if self.workers == 0:
             for s in range(start_step, end_step):
-                yield self.ds[s]
+                # pinned here too: the copy then overlaps the augmentation of the next batch
+                yield self.ds[s].pin_memory() if self.pin_memory else self.ds[s]
             return
-        dl = DataLoader(self.ds, batch_size=None, sampler=range(start_step, end_step), num_workers=self.workers,
-                        collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
-        yield from dl
+        yield from self.data_loader(start_step, end_step)
