@@ -202,6 +202,25 @@ def describe_resources(cc: ClusterConfig) -> str:
             f"{cc.mem_gb:g} GB/node, {cc.time_min} min" + (f", partition {cc.partition}" if cc.partition else ""))
 
 
+def plan_resources(cc: ClusterConfig, task: Task) -> str:
+    """What a task would be submitted as, with its resources (for the dry run)."""
+    stage = stage_of(task, cc)
+    if stage == "train":
+        return (f"SLURM train task ({describe_resources(cc.for_stage('train'))}), then its eval task "
+                f"({describe_resources(cc.for_stage('eval'))})")
+    if stage == "eval":
+        return f"SLURM eval task only, trained already ({describe_resources(cc.for_stage('eval'))})"
+    return f"SLURM {stage} task ({describe_resources(cc.for_stage('train' if stage == 'all' else stage))})"
+
+
+def eval_device(cc: ClusterConfig, task: Task) -> str | None:
+    """The device a task's evaluation runs on under these settings: "cuda" when its array task has GPUs and the
+    config does not pin the CPU, else None (the config decides)."""
+    stage = stage_of(task, cc)
+    gpus = cc.for_stage({"train": "eval", "all": "train"}.get(stage, stage)).gpus_per_node
+    return "cuda" if gpus and task.cfg.run.device != "cpu" else None
+
+
 def stage_of(task: Task, cc: ClusterConfig) -> str:
     """The kind of array task a task runs as under these cluster settings: train, eval, all or baseline."""
     if task.kind != "pic":

@@ -191,11 +191,16 @@ def plumbing_note(cfg: Config) -> str:
             "nothing); use small or paper for results")
 
 
-def dry_run_resources(tasks: list[Task], executor: str) -> dict[str, str]:
-    """Task name -> what it runs on, for the dry run's plan: this process's device with the local executor. A
-    SLURM task's resources (e.g. "1 node x 4 tasks x 4 GPUs, 720 min") come from the SLURM side; none here yet."""
+def dry_run_resources(tasks: list[Task], executor: str, cluster=None) -> dict[str, str]:
+    """Task name -> what it runs on, for the dry run's plan: this process's device with the local executor; with
+    SLURM (``cluster``: a ``launch.ClusterConfig``) the array task(s) it would be submitted as and their
+    resources, e.g. "SLURM train task (1 node x 4 tasks, 4 GPU/node, ...), then eval task (...)"."""
     if executor != "local":
-        return {}
+        if cluster is None:
+            return {}
+        from . import launch
+
+        return {t.name: launch.plan_resources(cluster, t) for t in tasks}
     from .results import device_name
     from .train import resolve_device
 
@@ -269,18 +274,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 from . import plan
 
-                resources = dry_run_resources(tasks, executor)
-                listing = [(t.name, t.cell, t.done(), plan.describe(t, args.results, resources.get(t.name)))
-                           for t in tasks]
+                cluster = None
+                if executor == "slurm":  # the cluster settings too, as submission would check them (sinfo, time)
+                    from . import launch
+
+                    cluster = launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items))
+                    launch.validate(cluster, tasks, Path(args.results), where=args.cluster)
+                resources = dry_run_resources(tasks, executor, cluster)
+                # a SLURM task evaluates on its node: on a GPU there when its array asks for one
+                devices = {t.name: launch.eval_device(cluster, t) for t in tasks} if cluster else {}
+                listing = [(t.name, t.cell, t.done(), plan.describe(t, args.results, resources.get(t.name),
+                                                                    devices.get(t.name))) for t in tasks]
         else:
             results = Path(args.results)
             listing = [(name, cell, has_row(results, abl.name, kind, preset, config_hash(cfg), cfg.run.seed), None)
                        for name, cell, kind, cfg in analysis_points(abl, preset, cli)] if args.dry_run else []
-        if args.dry_run and executor == "slurm" and abl.kind == "train":
-            from . import launch  # the cluster settings too, as submission would check them (sinfo, time limit)
-
-            launch.validate(launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items)), tasks,
-                            Path(args.results), where=args.cluster)
     except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

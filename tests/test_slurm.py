@@ -827,3 +827,36 @@ def test_two_slurm_ranks_each_decode_a_disjoint_half_and_match_one_process(tmp_p
         want = {"losses": list(one.meters.losses), "w": one.w, "u": one.u, "step": one.step,
                 "model": one.model.state_dict(), "ring": one.negatives.ring, "count": one.negatives.count}
         assert_close(r, want)
+
+
+def test_the_dry_run_names_each_tasks_array_and_resources_and_submits_nothing(tmp_path, fake_slurm, capsys):
+    abl = write_ablation(tmp_path)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(textwrap.dedent(BIG_CLUSTER))
+    argv = [str(abl), "smoke", "--executor", "slurm", "--cluster", str(cluster), "--results",
+            str(tmp_path / "results"), "--checkpoints", str(tmp_path / "ck"), "--dry-run"]
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    plans = {line.split()[0].split("/")[1] + " " + line.split("{")[1].split("}")[0]: out[i + 1]
+             for i, line in enumerate(out) if line.endswith(" todo")}
+    train = plans["pic 'pic.correction': False"]
+    assert ("SLURM train task (2 nodes x 4 tasks, 4 GPU/node, 8 CPU/task, 200 GB/node, 720 min, partition gpu), "
+            "then its eval task (1 node x 1 task, 1 GPU/node, 8 CPU/task, 200 GB/node, 240 min, partition gpu)") in train
+    # the smoke preset pins run.device=cpu: its features are planned in float32; with auto, on the node's GPU
+    assert "float32" in train
+    cc = launch.load_cluster(cluster)
+    task = run.expand(load_ablation(abl), "smoke", {"run.device": "auto"}, str(tmp_path / "r"), str(tmp_path / "c"))[0]
+    assert launch.eval_device(cc, task) == "cuda"
+    assert launch.eval_device(launch.load_cluster(cluster, {"eval": {"gpus_per_node": 0}}), task) is None
+    assert "SLURM baseline task (1 node x 1 task, 1 GPU/node" in plans["baseline_random 'pic.correction': True"]
+    assert not fake_slurm.exists()  # nothing submitted
+    # a cell trained already is planned as its evaluation alone
+    (t, *_), = [[t for t in run.expand(load_ablation(abl), "smoke", {}, str(tmp_path / "results"),
+                                       str(tmp_path / "ck")) if t.cell == {"pic.correction": False}]]
+    t.checkpoint.parent.mkdir(parents=True)
+    t.checkpoint.write_bytes(b"final")
+    t.trained_marker.write_text("{}")
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    i = next(i for i, line in enumerate(out) if t.name in line)
+    assert "SLURM eval task only, trained already (1 node x 1 task, 1 GPU/node" in out[i + 1]
