@@ -29,11 +29,18 @@ from .machine import machine_info
 DEFAULT_RESULTS = Path("results")
 
 
+# what a run writes itself: a change there does not make the code that ran differ from its commit
+OUTPUT_PATHS = ("results", "checkpoints")
+
+
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """The commit that ran, and whether tracked files outside the run's own outputs (``OUTPUT_PATHS``) differ
+    from it. Before this exclusion every row after a sweep's first read dirty: the sweep's rows file had changed."""
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in OUTPUT_PATHS)], cwd=cwd,
                                capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"git_sha": None, "git_dirty": None}
