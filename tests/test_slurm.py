@@ -273,6 +273,32 @@ def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path
     assert status.main(["no_such_ablation", "--results", str(results)]) == 1
 
 
+def test_status_shows_the_training_job_an_evaluation_waits_for_and_a_dead_evaluation_as_failed(
+        tmp_path, capsys, monkeypatch):
+    abl_path = write_ablation(tmp_path)
+    results = tmp_path / "results"
+    a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
+    path = launch.manifest_file(results, "slurm_ci")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for stage, array in (("train", "777"), ("eval", "778")):
+            for i, t in enumerate((a, b)):
+                f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "stage": stage,
+                                    "job_id": f"{array}_{i}", "array_id": array,
+                                    "stderr": f"logs/{array}_{i}_0_log.err",
+                                    "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    monkeypatch.setattr(status, "queue_states", lambda *a, **k: {
+        "777_0": ("RUNNING", "None"), "778_0": ("PENDING", "Dependency"),
+        "778_1": ("PENDING", "DependencyNeverSatisfied")})
+    monkeypatch.setattr(status, "accounting_states", lambda *a, **k: {})
+    assert status.main([str(abl_path), "--results", str(results), "--preset", "smoke", "--no-baselines"]) == 0
+    out = capsys.readouterr().out
+    assert ("| smoke | pic | pic.correction=False | 0 | running | training: job 777_0 RUNNING; evaluation job "
+            "778_0 starts when it succeeds | logs/777_0_0_log.err |") in out
+    assert ("| smoke | pic | pic.correction=True | 0 | failed | training job 777_1 ended without training the "
+            "cell; evaluation job 778_1 can never start | logs/777_1_0_log.err |") in out
+
+
 # ---- the preemption path of one array task, in-process (what submitit does on SIGUSR2, minus the requeue)
 
 def test_array_task_checkpoints_at_a_step_boundary_and_the_resubmission_resumes(tmp_path):
