@@ -133,7 +133,10 @@ def test_cells_that_are_the_same_run_in_effect_are_flagged(capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ slurm
-def test_config_overrides_after_slurm_still_go_to_the_config(capsys):
+def test_config_overrides_after_slurm_still_go_to_the_config(capsys, monkeypatch):
+    from pic_bench import launch
+
+    monkeypatch.setattr(launch, "partitions", lambda: ["debug"])  # the dry run asks sinfo; no cluster needed here
     rc, out, err = main(capsys, NEG_K, "smoke", "--executor", "slurm", "--slurm", "time_min=30", "pic.K=128",
                         "--seeds", "0", "--dry-run")
     assert rc == 0, err
@@ -259,7 +262,10 @@ def test_cells_that_differ_only_outside_the_hash_are_not_merged(capsys, tmp_path
     assert [c for c, _ in listed(out)] == [{"run.threads": 1}, {"run.threads": 2}] and "same config" not in err
 
 
-def test_a_slurm_dry_run_checks_the_cluster_settings_too(capsys, tmp_path):
+def test_a_slurm_dry_run_checks_the_cluster_settings_too(capsys, tmp_path, monkeypatch):
+    from pic_bench import launch
+
+    monkeypatch.setattr(launch, "partitions", lambda: ["debug"])  # what sinfo lists, with or without a cluster up
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text("time_min: 30\n")
     for item, must in (("time_limit=30", "unknown cluster key 'time_limit'"),
