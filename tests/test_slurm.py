@@ -44,6 +44,17 @@ def write_ablation(d: Path) -> Path:
     return path
 
 
+def fake_bin(tmp_path: Path, monkeypatch, **scripts: str) -> Path:
+    """Stand-in SLURM commands first on PATH: name -> shell body (``#!/bin/sh`` added)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
 # ---- validation: refused before anything is submitted (fake sinfo / sbatch; no cluster needed)
 
 @pytest.fixture
@@ -86,8 +97,14 @@ def submit_with(tmp_path, cluster_text: str | None, *slurm: str, capsys=None) ->
     ("time_min: 10\nstep_s: 2\ncheckpoint_every: 500\n", (),
      r"time_min=10 is too short for one checkpoint interval: 500 steps x 2 s/step \(step_s\) = 1000 s, "
      r"but a job segment has 450 s"),
+    ("eval: {walltime: 5}\n", (), r"cluster.yaml: 'eval.walltime' is not a resource key"),
+    ("baseline: {mem_gb: lots}\n", (), r"cluster.yaml: key 'baseline.mem_gb' expects float, got 'lots'"),
+    ("eval: {tasks_per_node: 0}\n", (), r"cluster \(eval tasks\): 'tasks_per_node' must be >= 1, got 0"),
+    ("eval: {partition: nosuch}\n", (), r"partition 'nosuch' \(the eval tasks' partition\) does not exist"),
+    ("eval_task: maybe\n", (), r"key 'eval_task' expects bool, got 'maybe'"),
 ], ids=["unknown-key", "wrong-type", "no-such-partition", "bad-override-partition", "unknown-override",
-        "shorter-than-signal", "one-interval-does-not-fit"])
+        "shorter-than-signal", "one-interval-does-not-fit", "eval-unknown-key", "baseline-wrong-type",
+        "eval-zero-ranks", "eval-no-such-partition", "eval-task-not-bool"])
 def test_bad_cluster_settings_are_refused_before_submitting(tmp_path, fake_slurm, capsys, text, overrides,
                                                             expected):
     import re
@@ -136,19 +153,12 @@ def test_cluster_settings_in_an_ablation_file_are_refused(tmp_path):
 def recording_sbatch(tmp_path, monkeypatch):
     """sinfo listing debug and gpu; an sbatch that keeps every script (scripts/<n>.sh) and answers job ids
     4242, 4243, ...; squeue with what the test writes into squeue.txt; scancel that records its arguments."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (tmp_path / "squeue.txt").write_text("")
-    (bin_dir / "sinfo").write_text("#!/bin/sh\nprintf 'debug*\\ngpu\\n'\n")
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\ncat {tmp_path / 'squeue.txt'}\n")
-    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scancel.txt'}\n")
-    (bin_dir / "sbatch").write_text(
-        f"#!/bin/sh\nn=$(ls {scripts} | wc -l)\ncp \"$1\" {scripts}/$n.sh\necho \"Submitted batch job $((4242 + n))\"\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    fake_bin(tmp_path, monkeypatch, sinfo="printf 'debug*\\ngpu\\n'\n", squeue=f"cat {tmp_path / 'squeue.txt'}\n",
+             scancel=f"echo \"$@\" >> {tmp_path / 'scancel.txt'}\n",
+             sbatch=f"n=$(ls {scripts} | wc -l)\ncp \"$1\" {scripts}/$n.sh\necho \"Submitted batch job $((4242 + n))\"\n")
     return tmp_path
 
 
@@ -556,13 +566,8 @@ def test_status_takes_the_submission_command_line_and_shows_preset_and_running_s
     cli = {"optim.epochs": 2}
     (a, b) = run.expand(load_ablation(abl_path).for_preset("smoke"), "smoke", cli, str(results), baselines=False)
     small = run.expand(load_ablation(abl_path).for_preset("small"), "small", {}, str(results), baselines=False)[0]
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text("#!/bin/sh\nprintf '999991_0|RUNNING|None\\n999991_1|PENDING|Priority\\n'\n")
-    (bin_dir / "sacct").write_text("#!/bin/sh\nexit 0\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    fake_bin(tmp_path, monkeypatch, squeue="printf '999991_0|RUNNING|None\\n999991_1|PENDING|Priority\\n'\n",
+             sacct="exit 0\n")
     path = launch.manifest_file(results, "slurm_ci")
     path.parent.mkdir(parents=True)
     with open(path, "w") as f:
@@ -681,13 +686,8 @@ def test_status_shows_why_a_job_ended_as_its_log_says(tmp_path, monkeypatch, cap
     abl_path = write_ablation(tmp_path)
     results = tmp_path / "results"
     a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sacct").write_text("#!/bin/sh\nprintf '999992_0|FAILED|1:0\\n999992_1|FAILED|1:0\\n'\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    fake_bin(tmp_path, monkeypatch, squeue="exit 0\n",
+             sacct="printf '999992_0|FAILED|1:0\\n999992_1|FAILED|1:0\\n'\n")
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "0.err").write_text(
