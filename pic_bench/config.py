@@ -20,7 +20,7 @@ An ablation file (``ablations/*.yaml``) holds only what differs from the default
     seeds: [0, 1, 2]
 
 Derived values (number of instances, iterations) are never written back into the config: see
-``pic_bench.train.derive``.
+``pic_bench.pic.train.derive``.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class PICConfig:
     official_shuffle: bool = True  # official scheduler: its --shuffle-per-epoch flag (scripts/PIC.sh sets it)
     w_init_std: float = 0.01  # classifier rows start as N(0, std^2) (official: 0.01)
     storage: str = "float32"  # dtype of w and u: float32 | bfloat16
-    fast_head: bool = True  # head step via pic_bench.head (closed-form gradients, one gather of w[U]); False = plain path
+    fast_head: bool = True  # head step via pic_bench.pic.head (closed-form gradients, one gather of w[U]); False = plain path
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pic_bench import analysis, run
+from pic_bench.suite import analysis, run
 from pic_bench.config import load_ablation
-from pic_bench.window import make_schedule, visit_distances
+from pic_bench.data.window import make_schedule, visit_distances
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = sorted((REPO / "ablations").glob("*.yaml"))

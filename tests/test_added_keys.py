@@ -3,7 +3,7 @@ import dataclasses
 import json
 
 from pic_bench import config as C
-from pic_bench.results import read_rows
+from pic_bench.report.results import read_rows
 
 
 def test_added_key_at_its_earlier_value_keeps_the_hash(monkeypatch):

@@ -8,7 +8,7 @@ from pic_bench.data.augment import Recipe, torchvision_transform
 from pic_bench.data.batched import BatchedLoader, augment_batch
 from pic_bench.data.sources import load_source
 from pic_bench.data.torchvision_loader import TorchvisionLoader
-from pic_bench.window import SlidingWindow
+from pic_bench.data.window import SlidingWindow
 
 S = 64
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pic_bench import compare, run
-from pic_bench.results import read_rows
+from pic_bench.report import compare
+from pic_bench.suite import run
+from pic_bench.report.results import read_rows
 
 REPO = Path(__file__).resolve().parent.parent
 NEG_K = str(REPO / "ablations" / "negatives_k.yaml")
@@ -134,7 +135,7 @@ def test_cells_that_are_the_same_run_in_effect_are_flagged(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ slurm
 def test_config_overrides_after_slurm_still_go_to_the_config(capsys, monkeypatch):
-    from pic_bench import launch
+    from pic_bench.suite import launch
 
     monkeypatch.setattr(launch, "partitions", lambda: ["debug"])  # the dry run asks sinfo; no cluster needed here
     rc, out, err = main(capsys, NEG_K, "smoke", "--executor", "slurm", "--slurm", "time_min=30", "pic.K=128",
@@ -151,7 +152,7 @@ def test_slurm_help_says_which_keys_it_takes(capsys):
 
 
 def test_cluster_keys_go_to_the_cluster(monkeypatch, tmp_path):
-    from pic_bench import launch
+    from pic_bench.suite import launch
 
     seen = {}
 
@@ -263,7 +264,7 @@ def test_cells_that_differ_only_outside_the_hash_are_not_merged(capsys, tmp_path
 
 
 def test_a_slurm_dry_run_checks_the_cluster_settings_too(capsys, tmp_path, monkeypatch):
-    from pic_bench import launch
+    from pic_bench.suite import launch
 
     monkeypatch.setattr(launch, "partitions", lambda: ["debug"])  # what sinfo lists, with or without a cluster up
     cluster = tmp_path / "cluster.yaml"

@@ -32,10 +32,10 @@ from pic_bench.data.sources import (
     load_source,
 )
 from pic_bench.data.torchvision_loader import TorchvisionLoader
-from pic_bench.results import read_rows
-from pic_bench.run import Task, run_task
-from pic_bench.train import Preempted, Trainer
-from pic_bench.window import EpochOrder, SlidingWindow
+from pic_bench.report.results import read_rows
+from pic_bench.suite.run import Task, run_task
+from pic_bench.pic.train import Preempted, Trainer
+from pic_bench.data.window import EpochOrder, SlidingWindow
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -30,8 +30,8 @@ from test_dali import (
 from pic_bench.config import build
 from pic_bench.data import dali as D
 from pic_bench.data.augment import Recipe, recipes
-from pic_bench.train import Trainer
-from pic_bench.window import EpochOrder, SlidingWindow
+from pic_bench.pic.train import Trainer
+from pic_bench.data.window import EpochOrder, SlidingWindow
 
 
 @pytest.fixture(scope="module", autouse=True)

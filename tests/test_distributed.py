@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pic_bench import distributed
+from pic_bench.pic import distributed
 from pic_bench.config import build
-from pic_bench.train import Preempted, Trainer
+from pic_bench.pic.train import Preempted, Trainer
 
 LOSS_RTOL, TENSOR_TOL = 1e-5, 1e-4
 STEPS = 8
@@ -183,7 +183,7 @@ def test_rank_3_of_4_puts_every_consumer_on_cuda_3(monkeypatch):
     for CUDA are put on the meta device instead (nothing is allocated), and every device asked for is recorded."""
     import threading
 
-    from pic_bench import train
+    from pic_bench.pic import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from pic_bench import launch
+from pic_bench.suite import launch
 from pic_bench.config import apply, build
-from pic_bench.results import read_rows
-from pic_bench.tasks import NotTrained, Task, run_task
+from pic_bench.report.results import read_rows
+from pic_bench.suite.tasks import NotTrained, Task, run_task
 
 
 def smoke(tmp_path, name="stages", **kw) -> Task:
@@ -50,7 +50,7 @@ def test_an_evaluation_task_of_an_untrained_cell_is_refused_with_a_failed_row(tm
 
 
 def test_a_training_task_resumed_after_a_kill_keeps_its_resume_in_the_row(tmp_path):
-    from pic_bench.train import Preempted
+    from pic_bench.pic.train import Preempted
 
     task = smoke(tmp_path)
     calls = {"n": 0}
@@ -69,7 +69,7 @@ def test_a_training_task_resumed_after_a_kill_keeps_its_resume_in_the_row(tmp_pa
 def test_a_baseline_is_not_followed_by_other_ranks(tmp_path, monkeypatch):
     """Other ranks of a baseline task used to build a Trainer and train a PIC network (then hang in its
     collectives, since rank 0 computes the baseline alone): they must do nothing."""
-    import pic_bench.train as train
+    import pic_bench.pic.train as train
 
     def no_trainer(*a, **k):
         raise AssertionError("a rank of a baseline task built a Trainer")

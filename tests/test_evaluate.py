@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 
-from pic_bench import evaluate as E
+from pic_bench.eval import evaluate as E
 from pic_bench.config import ADDED_KEYS, PRESETS, apply, build
 from pic_bench.data.sources import DatasetError, encode_jpeg, load_source
-from pic_bench.model import PICModel
+from pic_bench.pic.model import PICModel
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (40, 200, 200), (200, 40, 200)]  # classes
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,7 +185,7 @@ def test_missing_val_is_one_error_line_exit_2_and_writes_no_row(tmp_path):
 # ---- 3. every trained backbone kept
 
 def smoke_task(tmp_path, **kw):
-    from pic_bench.run import Task
+    from pic_bench.suite.run import Task
 
     cfg = apply(build("smoke"), {"optim.max_steps": 6, **kw}, "test")
     return Task("evaltest", "smoke", {}, cfg, "pic", str(tmp_path / "results"), str(tmp_path / "ck"))
@@ -194,7 +194,7 @@ def smoke_task(tmp_path, **kw):
 def test_backbone_written_by_a_run_loads_and_reproduces_its_knn(tmp_path):
     import pic_bench
     from pic_bench.data.augment import eval_transform
-    from pic_bench.run import run_task
+    from pic_bench.suite.run import run_task
 
     task = smoke_task(tmp_path)
     row = run_task(task)
@@ -215,7 +215,7 @@ def test_backbone_written_by_a_run_loads_and_reproduces_its_knn(tmp_path):
 def test_resnet_backbone_is_torchvision_compatible(tmp_path):
     import torchvision
 
-    from pic_bench.backbone import load_backbone, save_backbone
+    from pic_bench.eval.backbone import load_backbone, save_backbone
 
     cfg = build("smoke", {"model.arch": "resnet18", "model.small_stem": False}).model
     torch.manual_seed(0)
@@ -233,7 +233,7 @@ def test_resnet_backbone_is_torchvision_compatible(tmp_path):
 
 
 def test_load_backbone_refuses_other_files(tmp_path):
-    from pic_bench.backbone import load_backbone
+    from pic_bench.eval.backbone import load_backbone
 
     torch.save({"model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a pic_bench backbone"):
@@ -287,7 +287,7 @@ def test_feature_dtype_auto_keeps_cpu_float32():
 # ---- 6. baselines that fit
 
 def test_pixel_baseline_is_downsampled_and_says_so():
-    from pic_bench.train import baseline_metrics
+    from pic_bench.pic.train import baseline_metrics
 
     fn, d = E.pixels_fn(8, 4)
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
@@ -302,7 +302,7 @@ def test_pixel_baseline_is_downsampled_and_says_so():
 
 
 def test_random_network_baseline_runs_through_linear_sgd(folder):
-    from pic_bench.train import baseline_metrics
+    from pic_bench.pic.train import baseline_metrics
 
     cfg = folder_cfg(folder, **{"eval.protocol": "linear_sgd", "eval.sgd_epochs": 1, "eval.sgd_batch": 32})
     m, derived = baseline_metrics(cfg, "random")
@@ -314,7 +314,7 @@ def test_paper_preset_baseline_pixels_are_32px():
 
 
 def test_table_says_when_a_cell_was_evaluated_on_its_training_images():
-    from pic_bench.tables import aggregate
+    from pic_bench.report.tables import aggregate
 
     def row(seed, split):
         return {"status": "ok", "preset": "smoke", "kind": "pic", "cell": {}, "config_hash": "h", "seed": seed,
@@ -452,7 +452,7 @@ def test_killed_embedding_resumes_after_the_last_saved_batch(folder, tmp_path, m
 
 
 def test_killed_evaluation_in_a_run_finishes_without_retraining(tmp_path, monkeypatch):
-    from pic_bench.run import run_task
+    from pic_bench.suite.run import run_task
 
     task = smoke_task(tmp_path)
     want = run_task(smoke_task(tmp_path / "uninterrupted"))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pic_bench.config import apply, build
-from pic_bench.results import append_row, read_rows, rows_file
-from pic_bench.run import main
-from pic_bench.tasks import Task, run_task
+from pic_bench.report.results import append_row, read_rows, rows_file
+from pic_bench.suite.run import main
+from pic_bench.suite.tasks import Task, run_task
 
 
 def quarantine_file(path: Path) -> Path:
@@ -129,7 +129,7 @@ def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, capsys):
 
 
 def test_a_cell_whose_data_is_missing_writes_a_failed_row_and_the_others_run(tmp_path):
-    from pic_bench.tasks import run_local
+    from pic_bench.suite.tasks import run_local
 
     missing = task(tmp_path, **{"data.dataset": "imagefolder", "data.root": str(tmp_path / "nowhere")})
     object.__setattr__(missing, "digest", "0" * 64)  # the digest is known (from submission); the data is gone
@@ -166,7 +166,7 @@ def test_an_unreadable_image_is_found_before_training(tmp_path, monkeypatch, spl
     bad = sorted((root / split).rglob("*.jpg"))[2]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated JPEG
     from pic_bench.data.sources import BadImageError
-    from pic_bench.train import Trainer
+    from pic_bench.pic.train import Trainer
 
     def no_training(self, *a, **k):
         raise AssertionError("training started before the bad image was found")
@@ -195,7 +195,7 @@ def test_with_skip_unreadable_validation_images_are_counted(tmp_path, monkeypatc
 
 
 def test_the_probe_decodes_in_parallel_and_agrees_with_one_thread(tmp_path):
-    from pic_bench import probe
+    from pic_bench.data import probe
     from pic_bench.data.sources import FolderSet, encode_jpeg
 
     img = torch.zeros(3, 8, 8, dtype=torch.uint8)

@@ -1,7 +1,7 @@
 """git_dirty says whether the code that ran differs from its commit: a run's own outputs do not count."""
 import subprocess
 
-from pic_bench.results import git_state
+from pic_bench.report.results import git_state
 
 
 def git(d, *args):

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from pic_bench.config import build  # noqa: E402
-from pic_bench.train import Preempted, Trainer  # noqa: E402
+from pic_bench.pic.train import Preempted, Trainer  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 STEPS = 8
@@ -40,7 +40,7 @@ def snapshot(t: Trainer) -> dict:
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
-    from pic_bench import distributed
+    from pic_bench.pic import distributed
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

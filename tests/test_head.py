@@ -1,4 +1,4 @@
-"""The fast head (pic_bench.head) against the plain path (loss.pic_loss + autograd + update.update_rows) and the
+"""The fast head (pic_bench.pic.head) against the plain path (loss.pic_loss + autograd + update.update_rows) and the
 float64 references, on fresh random inputs (the seed is in every failure message).
 
 Every scratch buffer the fast path takes is filled with NaN first (``NaNWorkspace``), so an output element the
@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from pic_bench import head
+from pic_bench.pic import head
 from pic_bench.config import apply, build
-from pic_bench.loss import pic_loss, pic_loss_reference
-from pic_bench.negatives import RecentNegatives
-from pic_bench.train import Trainer
-from pic_bench.update import update_reference, update_rows
+from pic_bench.pic.loss import pic_loss, pic_loss_reference
+from pic_bench.pic.negatives import RecentNegatives
+from pic_bench.pic.train import Trainer
+from pic_bench.pic.update import update_reference, update_rows
 
 BF16_ULP = 2.0 ** -7  # one bfloat16 ulp, relative (8 significant bits)
 
@@ -355,7 +355,7 @@ def test_head_loss_goes_down_in_20_steps():
 
 TRITON_SCRIPT = r"""
 import json, torch
-from pic_bench import head
+from pic_bench.pic import head
 out = {}
 for storage in (torch.float32, torch.bfloat16):
     for cosine in (True, False):
@@ -480,7 +480,7 @@ def test_gpu_triton_bfloat16_stores_round_to_nearest_even():
     # 1-ulp tolerance elsewhere accepts both: here the stored bits must equal torch's .to(bfloat16) exactly.
     # lr = 1, momentum = 0, wd = 0 and w = 0 make the kernel's float32 results exactly u = g and w = -g.
     pytest.importorskip("triton", reason="Triton is not installed (it ships with CUDA builds of torch)")
-    from pic_bench import head_triton
+    from pic_bench.pic import head_triton
 
     seed = fresh_seed()
     N, K, d = 512, 256, 128

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pic_bench import launch, tasks as tasks_mod
+from pic_bench.suite import launch, tasks as tasks_mod
 from pic_bench.config import apply, build, load_ablation
 from pic_bench.data.sources import encode_jpeg, load_source
-from pic_bench.results import read_rows, row_key
-from pic_bench.run import expand, main
-from pic_bench.tasks import Task
+from pic_bench.report.results import read_rows, row_key
+from pic_bench.suite.run import expand, main
+from pic_bench.suite.tasks import Task
 
 
 def write_folder(root: Path, n: int, prefix: str = "img") -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pic_bench"
 
-# Cycles known and owned by another change (none now: launch.py <-> run.py went with pic_bench/tasks.py).
+# Cycles known and owned by another change (none now: launch.py <-> run.py went with pic_bench/suite/tasks.py).
 EXPECTED_FOR_NOW: list[set[str]] = []
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from pic_bench.loss import pic_logits, pic_loss, pic_loss_reference
-from pic_bench.negatives import RecentNegatives
-from pic_bench.update import update_reference, update_rows
-from pic_bench.window import EpochOrder, SlidingWindow
+from pic_bench.pic.loss import pic_logits, pic_loss, pic_loss_reference
+from pic_bench.pic.negatives import RecentNegatives
+from pic_bench.pic.update import update_reference, update_rows
+from pic_bench.data.window import EpochOrder, SlidingWindow
 
 
 def _fresh(B=6, K=9, d=5, seed=None):

@@ -1,8 +1,8 @@
-"""The machine a row ran on (pic_bench.machine): CPU capability, model, ISA flags, threads; GPU stack on CUDA."""
+"""The machine a row ran on (pic_bench.report.machine): CPU capability, model, ISA flags, threads; GPU stack on CUDA."""
 import pytest
 import torch
 
-from pic_bench.machine import machine_info
+from pic_bench.report.machine import machine_info
 
 
 def test_machine_info_on_cpu():
@@ -16,7 +16,7 @@ def test_machine_info_on_cpu():
 
 
 def test_machine_info_reads_the_isa_flags_that_matter(tmp_path, monkeypatch):
-    from pic_bench import machine
+    from pic_bench.report import machine
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx avx2 avx512f avx512bw "
                     "amx_tile amx_bf16\n\nprocessor\t: 1\nmodel name\t: other\nflags\t: sse\n")
@@ -25,7 +25,7 @@ def test_machine_info_reads_the_isa_flags_that_matter(tmp_path, monkeypatch):
 
 
 def test_rows_carry_the_machine():
-    from pic_bench.results import provenance
+    from pic_bench.report.results import provenance
     assert provenance("cpu")["machine"] == machine_info("cpu")
 
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from pic_bench.config import ConfigError, ModelConfig, build, validate
-from pic_bench.model import PICModel
+from pic_bench.pic.model import PICModel
 
 
 def _last_map(model: PICModel, x: torch.Tensor, arch: str) -> torch.Tensor:

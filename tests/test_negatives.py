@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pic_bench.config import ConfigError, build, config_hash, with_added_keys
-from pic_bench.negatives import RecentNegatives
-from pic_bench.train import Preempted, Trainer
-from pic_bench.window import SlidingWindow
+from pic_bench.pic.negatives import RecentNegatives
+from pic_bench.pic.train import Preempted, Trainer
+from pic_bench.data.window import SlidingWindow
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,7 @@ import torch
 from pic_bench.config import build
 from pic_bench.data.loaders import build_loader
 from pic_bench.data.sources import load_source
-from pic_bench.window import SlidingWindow
+from pic_bench.data.window import SlidingWindow
 
 
 def loader(device, workers: int = 1):

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pic_bench import plan as plan_mod
+from pic_bench.suite import plan as plan_mod
 from pic_bench.config import build
 from pic_bench.data.sources import load_source
-from pic_bench.model import PICModel
-from pic_bench.results import append_row, make_row
-from pic_bench.run import main
-from pic_bench.tasks import Task
-from pic_bench.train import derive
+from pic_bench.pic.model import PICModel
+from pic_bench.report.results import append_row, make_row
+from pic_bench.suite.run import main
+from pic_bench.suite.tasks import Task
+from pic_bench.pic.train import derive
 
 REPO = Path(__file__).resolve().parent.parent
 

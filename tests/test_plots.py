@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pic_bench import plots, tables  # noqa: E402
+from pic_bench.report import plots, tables  # noqa: E402
 from test_tables import make  # noqa: E402
 
 COMPONENTS = [{}, {"pic.softmax": "plain"}, {"data.aug": "weak"}, {"model.head": "linear"}, {"model.head": "none"},

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pic_bench import preflight
+from pic_bench.suite import preflight
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the full preflight runs instead "
                                 "(slurm/gpu_checks.sh)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pic_bench.config import build
-from pic_bench.train import Preempted, Trainer
+from pic_bench.pic.train import Preempted, Trainer
 
 
 class Killed(RuntimeError):
@@ -105,8 +105,8 @@ def test_every_run_writes_its_loss_curve_named_in_the_row_and_a_resume_drops_the
     names the file, the lines go to stderr for SLURM logs; a resumed run's curve equals the uninterrupted one's."""
     import json
 
-    from pic_bench.results import read_rows
-    from pic_bench.tasks import Task, run_task
+    from pic_bench.report.results import read_rows
+    from pic_bench.suite.tasks import Task, run_task
 
     cfg = build("smoke", {"run.deterministic": True, "optim.epochs": 2, "optim.max_steps": 12, "eval.linear_epochs": 2})
     ref = Task("curves", "smoke", {}, cfg, results_dir=str(tmp_path / "ref"), checkpoint_dir=str(tmp_path / "ck0"))

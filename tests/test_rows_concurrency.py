@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
-from pic_bench.results import append_row, read_rows, rows_file, row_key
+from pic_bench.report.results import append_row, read_rows, rows_file, row_key
 
 WRITERS, KEYS = 8, 12
 

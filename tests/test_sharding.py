@@ -18,7 +18,7 @@ from pic_bench.config import build
 from pic_bench.data import shard_rows
 from pic_bench.data.loaders import build_loader, dali_available
 from pic_bench.data.sources import FolderSet, Source, TensorSet, encode_jpeg, load_source
-from pic_bench.window import SlidingWindow
+from pic_bench.data.window import SlidingWindow
 
 B = 16
 STEPS = (3, 9)  # 9 crosses into the third window (D = 48)
@@ -172,7 +172,7 @@ def _counted(c) -> Source:
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     from test_distributed import cfg as dist_cfg, snapshot
 
-    from pic_bench.train import Trainer
+    from pic_bench.pic.train import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -188,7 +188,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_gloo_ranks_each_decode_a_disjoint_half_and_match_one_process(tmp_path):
     from test_distributed import STEPS as DSTEPS, assert_close, cfg as dist_cfg, free_port, snapshot
 
-    from pic_bench.train import Trainer
+    from pic_bench.pic.train import Trainer
 
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     ctx = mp.get_context("spawn")

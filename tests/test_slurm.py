@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from pic_bench import launch, run, status
+from pic_bench.suite import launch, run, status
 from pic_bench.config import ConfigError, load_ablation
-from pic_bench.results import read_rows, row_key, rows_file
+from pic_bench.report.results import read_rows, row_key, rows_file
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -259,7 +259,7 @@ def test_shipped_cluster_file_loads():
 
 
 def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path, capsys):
-    from pic_bench.results import append_row, make_row
+    from pic_bench.report.results import append_row, make_row
 
     abl_path = write_ablation(tmp_path)
     results = tmp_path / "results"
@@ -790,10 +790,10 @@ def test_data_that_cannot_be_read_at_submission_is_one_error_line(tmp_path, fake
 def _sharded_rank(steps: int) -> dict:
     """One SLURM task (srun rank) of a 2-rank job: the process group from SLURM's / submitit's environment,
     smoke training with sharded input, every image this rank decoded recorded."""
-    from pic_bench import distributed
+    from pic_bench.pic import distributed
     from pic_bench.config import build
     from pic_bench.data.sources import Source, TensorSet, load_source
-    from pic_bench.train import Trainer
+    from pic_bench.pic.train import Trainer
 
     ctx = distributed.init_from_env("cpu")
     try:
@@ -825,7 +825,7 @@ def test_two_slurm_ranks_each_decode_a_disjoint_half_and_match_one_process(tmp_p
     import submitit
     from test_distributed import STEPS, assert_close, cfg as dist_cfg
 
-    from pic_bench.train import Trainer
+    from pic_bench.pic.train import Trainer
 
     if not cluster_reachable():
         if os.environ.get("PIC_REQUIRE_SLURM") == "1":

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pic_bench import reference, tables
+from pic_bench import reference
+from pic_bench.report import tables
 from pic_bench.config import apply, build, config_hash, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -291,7 +292,7 @@ def test_accuracy_plot_follows_only_a_swept_numeric_axis(tmp_path):
     md = tables.build_table("sliding_window", tmp_path, write=True)
     png = tmp_path / "tables" / "sliding_window_small.png"
     assert png.read_bytes().startswith(PNG) and "(sliding_window_small.png)" in md
-    from pic_bench.plots import varied_keys
+    from pic_bench.report.plots import varied_keys
 
     table, _ = tables.aggregate(rows, {"pic.scheduler": "sliding"})
     # D is set by some cells only (the schedulers leave it at the preset's): arms, not an axis to draw a line on
@@ -303,7 +304,7 @@ def test_accuracy_plot_follows_only_a_swept_numeric_axis(tmp_path):
 
 
 def test_analysis_tables_and_plots(tmp_path):
-    from pic_bench.analysis import visit_distance_metrics
+    from pic_bench.suite.analysis import visit_distance_metrics
 
     rows = []
     for sched in ("epoch", "sliding", "official"):
@@ -511,7 +512,7 @@ def test_an_ablation_file_that_names_no_rows_is_an_error(tmp_path, capsys):
 
 
 def test_run_builds_the_table_of_the_ablation_it_ran(tmp_path, monkeypatch):
-    from pic_bench import run
+    from pic_bench.suite import run
 
     path = outside_ablation(tmp_path)
     seen = []
@@ -540,7 +541,7 @@ def test_scaling_points_of_two_cpu_capabilities_are_kept_apart(tmp_path):
 
 
 def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
-    from pic_bench import status
+    from pic_bench.suite import status
 
     path = outside_ablation(tmp_path)
     write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])

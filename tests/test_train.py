@@ -7,9 +7,9 @@ import torch
 
 from pic_bench.config import apply, build
 from pic_bench.data.sources import DatasetError, BadImageError, encode_jpeg, load_source
-from pic_bench.results import read_rows
-from pic_bench.run import Task, main, run_task
-from pic_bench.train import NonFiniteLoss, Trainer, lr_schedule
+from pic_bench.report.results import read_rows
+from pic_bench.suite.run import Task, main, run_task
+from pic_bench.pic.train import NonFiniteLoss, Trainer, lr_schedule
 
 
 def smoke(**kw):
@@ -160,7 +160,7 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 def test_rows_argv_names_no_machine_folder(tmp_path):
-    from pic_bench.results import portable_argv
+    from pic_bench.report.results import portable_argv
 
     root = tmp_path / "repo"
     (root / "pic_bench").mkdir(parents=True)
@@ -168,7 +168,7 @@ def test_rows_argv_names_no_machine_folder(tmp_path):
             "/data/someone/results", f"--checkpoints={tmp_path}/ck", "data.root=/mnt/imagenet/train", "pic.K=512",
             str(root / "ablations" / "x.yaml")]
     assert portable_argv(argv, root) == [
-        "pic_bench/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
+        "pic_bench/suite/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
         "--checkpoints=.../ck", "data.root=.../train", "pic.K=512", "ablations/x.yaml"]
 
 
@@ -258,7 +258,7 @@ def test_checkpoints_on_a_time_budget_are_taken_at_log_steps(monkeypatch, tmp_pa
 
 
 def test_row_peak_memory_is_the_training_loops_not_evaluations(tmp_path, monkeypatch):
-    from pic_bench import train
+    from pic_bench.pic import train
 
     evaluated = []
     real_eval = Trainer.evaluate

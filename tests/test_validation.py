@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pic_bench import run
+from pic_bench.suite import run
 from pic_bench.config import ConfigError, build, load_ablation, parse_cli_overrides, read_yaml_mapping, validate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def test_fashion_mnist_not_installed_says_how_to_install(capsys, tmp_path):
 
 
 def test_a_dataset_error_at_run_time_is_an_error_line(capsys, tmp_path, monkeypatch):
-    from pic_bench import train
+    from pic_bench.pic import train
     from pic_bench.data.sources import DatasetError
 
     def broken(cfg):

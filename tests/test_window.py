@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pic_bench.window import EpochOrder, OfficialWindow, SlidingWindow, make_schedule, visit_distances
+from pic_bench.data.window import EpochOrder, OfficialWindow, SlidingWindow, make_schedule, visit_distances
 
 N, D, S = 2000, 400, 100
 
@@ -140,7 +140,7 @@ class _Counting:
 @pytest.fixture
 def draws(monkeypatch):
     """Counts every permutation draw of every scheduler made while the fixture is active."""
-    from pic_bench import window
+    from pic_bench.data import window
 
     log: list = []
     real = window._rng
@@ -217,7 +217,7 @@ def test_a_resumed_run_on_the_official_scheduler_does_not_replay_from_window_0(t
     """The checkpoint holds the scheduler's state: the resumed trainer's ring refill and first batch draw the
     one or two windows they cover, not windows 0..t again, and the run ends as an uninterrupted one."""
     from pic_bench.config import build
-    from pic_bench.train import Preempted, Trainer
+    from pic_bench.pic.train import Preempted, Trainer
 
     # positions: the ring's refill reads exactly the last K positions (instances walks back in chunks of at least
     # 1024 positions, the whole of this tiny stream; at paper scale a chunk is 2K, one window)

@@ -2,4 +2,8 @@
 
     python -m pic_bench.bench.loader      # loader throughput: DALI against torchvision
     python -m pic_bench.bench.scaling     # the classification head: step time and memory vs N and K
+
+``memory`` measures peak memory (also for the analysis ablations).
+
+May import: anything below the suite (``config``, ``data``, ``pic``, ``eval``, ``report``).
 """

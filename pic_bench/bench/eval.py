@@ -28,9 +28,9 @@ import torch
 from ..config import ModelConfig
 from ..data.augment import eval_transform
 from ..data.sources import FolderSet, list_folder
-from ..evaluate import embed, knn_top1, knn_top1_chunked
-from ..model import PICModel
-from ..results import device_key, device_name, provenance
+from ..eval.evaluate import embed, knn_top1, knn_top1_chunked
+from ..pic.model import PICModel
+from ..report.results import device_key, device_name, provenance
 from .loader import generate_jpegs
 
 IMAGENET_TRAIN_VAL = 1_281_167 + 50_000

@@ -33,8 +33,8 @@ from ..config import Config, DataConfig, apply
 from ..data.augment import Recipe, recipes, torchvision_transform
 from ..data.sources import FASHION_MNIST_FILES, FolderSet, Source, _find_fashion_mnist, _idx, list_folder
 from ..data.torchvision_loader import TorchvisionLoader
-from ..results import device_key, device_name, provenance
-from ..window import EpochOrder
+from ..report.results import device_key, device_name, provenance
+from ..data.window import EpochOrder
 
 VARIANTS = ("dali", "dali-cpu", "torchvision", "torchvision-pilblur")
 

@@ -9,12 +9,12 @@ path, full softmax against recent-K, with the step's own matmuls timed alongside
 
 Writes ``results/bench/scaling-<machine>.jsonl`` (one JSON line per point, appended, each with a run id, the
 machine's load average and provenance), ``scaling-<machine>-N.png`` (time and memory against N, drawn by
-``pic_bench.plots.scaling_plot``, the tables' plotting) and ``scaling-<machine>-K.png`` (time against K and the
+``pic_bench.report.plots.scaling_plot``, the tables' plotting) and ``scaling-<machine>-K.png`` (time against K and the
 ratio to the matmul floor). Sections:
 
 - ``head``: one head step (gather w[U], cosine logits, cross-entropy, gradients to z and the rows, momentum-SGD
   update of w and u) on a random z, for the arms full softmax (U = all N, dense update), recent-K with the
-  correction, recent-K with a dense update; paths ``fast`` (``pic_bench.head.head_step``) and ``plain``
+  correction, recent-K with a dense update; paths ``fast`` (``pic_bench.pic.head.head_step``) and ``plain``
   (``head_step_reference``: ``loss.pic_loss`` + autograd + ``update.update_rows``), float32 or bfloat16 storage.
   The floor is the step's three B x K x d matmuls alone. The ring's ``select`` is timed beside it.
 - ``train_step``: ``Trainer.train_step`` with the small preset's backbone on random 28 px images (no loading),
@@ -43,9 +43,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import head
-from ..negatives import RecentNegatives
-from ..results import device_name, provenance
+from ..pic import head
+from ..pic.negatives import RecentNegatives
+from ..report.results import device_name, provenance
 
 IMAGENET_1K = 1_281_167
 IMAGENET_22K = 14_197_122
@@ -159,7 +159,7 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, device: torch.d
 
 def peak_extra_mib(fn: Callable[[], None], device: torch.device, calls: int = 2) -> tuple[float, str]:
     """Peak memory of ``calls`` calls beyond what is live before them (MiB) and how it was measured."""
-    from ..memory import PeakMemory
+    from .memory import PeakMemory
 
     mem = PeakMemory(device)
     mem.start()
@@ -261,7 +261,7 @@ def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, dev
     from ..config import apply, build
     from ..data import Batch
     from ..data.sources import Source
-    from ..train import Trainer
+    from ..pic.train import Trainer
 
     K_arm, correction = ARMS[arm]
     K = K if K_arm is None else K_arm
@@ -426,8 +426,8 @@ def _latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(rows: list[dict[str, Any]], out_dir: Path, machine: str) -> list[Path]:
-    """Time and memory against N through ``pic_bench.plots.scaling_plot``; time against K with the floor here."""
-    from .. import plots  # matplotlib (Agg)
+    """Time and memory against N through ``pic_bench.report.plots.scaling_plot``; time against K with the floor here."""
+    from ..report import plots  # matplotlib (Agg)
     import matplotlib.pyplot as plt
 
     rows = [r for r in _latest(rows) if r.get("status") == "ok"]

@@ -4,6 +4,12 @@ Sharded input: with ``shard=(rank, world)`` a loader reads, decodes and augments
 each global batch of B (``shard_rows``), with exactly the random draws those rows get in one process, so the
 ranks' views concatenated in rank order are the single-process batch bit for bit. The batch still carries all
 B instance indices (the recent-negatives ring must see the global batch) and names its rows (``Batch.rows``).
+
+Holds the sources (``sources``), the window scheduler, the paper's *data* scheduler (``window``), the loaders
+(``loaders``, ``torchvision_loader``, ``batched``, ``dali``), augmentation (``augment``) and the decode check of
+every image before training (``probe``).
+
+May import: ``pic_bench.config``.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from ..window import Schedule
+from .window import Schedule
 from . import Batch
 from .augment import Recipe
 from .sources import ImageSet, TensorSet

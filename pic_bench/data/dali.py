@@ -55,7 +55,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from ..config import Config
-from ..window import Schedule
+from .window import Schedule
 from . import Batch
 from .augment import Recipe
 from .sources import BadImageError, Source, encode_jpeg

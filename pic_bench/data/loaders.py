@@ -6,7 +6,7 @@ import importlib.util
 import torch
 
 from ..config import Config
-from ..window import Schedule
+from .window import Schedule
 from . import shard_rows
 from .augment import recipes
 from .sources import Source

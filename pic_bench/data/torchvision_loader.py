@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..window import Schedule
+from .window import Schedule
 from . import Batch
 from .augment import Recipe, torchvision_transform
 from .sources import BadImageError, ImageSet

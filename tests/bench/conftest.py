@@ -13,7 +13,7 @@ import os
 import torch
 
 from pic_bench.bench.scaling import machine_id
-from pic_bench.results import device_name
+from pic_bench.report.results import device_name
 
 if os.environ.get("PIC_BENCH_THREADS"):  # e.g. 1 on a CPU whose cores other jobs share (see the README)
     torch.set_num_threads(int(os.environ["PIC_BENCH_THREADS"]))

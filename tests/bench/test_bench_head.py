@@ -1,5 +1,5 @@
 """Benchmarks of the head: the loss forward + backward, the update, and the whole head step; fast path
-(``pic_bench.head``) against the plain path (``loss.pic_loss`` + autograd + ``update.update_rows``); full softmax
+(``pic_bench.pic.head``) against the plain path (``loss.pic_loss`` + autograd + ``update.update_rows``); full softmax
 against recent-K, with and without the correction; float32 and bfloat16 storage for the whole step.
 
 Fixed shapes: CPU (default) B = 256, d = 128, N = 2^15, K = 2^12, small enough that a --benchmark-disable run
@@ -13,10 +13,10 @@ explicitly (``w_gradient``), and the whole step is the comparison that is the sa
 import pytest
 import torch
 
-from pic_bench import head
+from pic_bench.pic import head
 from pic_bench.bench.scaling import make_case, sync
-from pic_bench.loss import pic_loss
-from pic_bench.update import update_rows
+from pic_bench.pic.loss import pic_loss
+from pic_bench.pic.update import update_rows
 
 CPU = dict(N=1 << 15, K=1 << 12, B=256, d=128)
 GPU_N = [1_281_167, 14_197_122]

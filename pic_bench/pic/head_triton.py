@@ -1,4 +1,4 @@
-"""Triton kernels of the fast head (``pic_bench.head``), used on CUDA: each replaces a chain of small kernels by
+"""Triton kernels of the fast head (``pic_bench.pic.head``), used on CUDA: each replaces a chain of small kernels by
 one memory-bound pass over the K candidate rows.
 
 - ``gather_normalize``: wn = w[U] / max(||w[U]||, eps), plus 1 / max(||w[U]||, eps) and the ||w[U]|| > eps mask,

@@ -65,10 +65,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
-from . import distributed
-from .config import EvalConfig
-from .data.augment import eval_transform
-from .data.sources import BadImageError, ImageSet
+from ..pic import distributed
+from ..config import EvalConfig
+from ..data.augment import eval_transform
+from ..data.sources import BadImageError, ImageSet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

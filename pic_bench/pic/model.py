@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:

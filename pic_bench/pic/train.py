@@ -45,16 +45,16 @@ import numpy as np
 import torch
 
 from . import distributed, head
-from .config import Config, ConfigError
-from .data import Batch
-from .data.loaders import build_loader
-from .data.sources import Source, load_source
-from .evaluate import evaluate_model, evaluate_pixels
+from ..config import Config, ConfigError
+from ..data import Batch
+from ..data.loaders import build_loader
+from ..data.sources import Source, load_source
+from ..eval.evaluate import evaluate_model, evaluate_pixels
 from .loss import pic_logits, pic_loss
 from .model import PICModel
 from .negatives import RecentNegatives
 from .update import update_rows
-from .window import make_schedule
+from ..data.window import make_schedule
 
 
 class NonFiniteLoss(RuntimeError):
@@ -305,7 +305,7 @@ class Trainer:
         U, target = self.negatives.select(batch.index)  # (|U|,), (B,)
         cosine = p.softmax == "cosine"
         lo, hi = batch.rows  # this rank's rows of the global batch: the loader decoded only these (views are hi - lo)
-        # --- fast head (pic_bench.head): same loss, gradients and update as the plain path below, computed in
+        # --- fast head (pic_bench.pic.head): same loss, gradients and update as the plain path below, computed in
         # closed form with one gather of w[U] (rows) that the update reuses. Small views do not train w.
         if p.fast_head:
             rows = head.gather(self.w, U, cosine, self.head_ws)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, config_hash, to_dict, with_added_keys
+from ..config import Config, config_hash, to_dict, with_added_keys
 from .machine import machine_info
 
 DEFAULT_RESULTS = Path("results")
@@ -36,7 +36,7 @@ OUTPUT_PATHS = ("results", "checkpoints")
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
     """The commit that ran, and whether tracked files outside the run's own outputs (``OUTPUT_PATHS``) differ
     from it. Before this exclusion every row after a sweep's first read dirty: the sweep's rows file had changed."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
+    cwd = cwd or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
@@ -99,7 +99,7 @@ def portable_argv(argv: list[str] | None = None, root: Path | None = None) -> li
     ('/data/x/results' -> '.../results'), bare or as the value of ``--flag=`` / ``key=``. The resolved config in the
     same row still records every setting, data.root included.
     """
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]
     out = []
     for arg in list(sys.argv if argv is None else argv):
         head, sep, value = arg.rpartition("=") if "=" in arg else ("", "", arg)

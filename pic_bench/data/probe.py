@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from .data.sources import BadImageError, ImageSet, Source
+from .sources import BadImageError, ImageSet, Source
 
 SERIAL_BELOW = 256  # files; below this a thread pool costs more than it saves
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, config_hash
-from .data import sources as data_sources
-from .probe import probe
-from .results import DEFAULT_RESULTS, append_row, has_row, make_row
+from ..config import Config, config_hash
+from ..data import sources as data_sources
+from ..data.probe import probe
+from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
 # data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
@@ -205,7 +205,7 @@ def resume(trainer, ckpt: Path, move: bool = True):
 
     A checkpoint cut short by a full disk, a zero-byte file or garbage would otherwise fail every later run of
     the cell with a raw unpickling error that never names the file."""
-    from .train import Trainer
+    from ..pic.train import Trainer
 
     if not ckpt.is_file():
         return trainer
@@ -289,7 +289,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     missing data, ...) writes a row marked failed and re-raises. The loss curve goes to ``task.curve`` (named in
     the row as ``row["curve"]``); ``echo`` also prints its lines on stderr.
     """
-    from .train import NonFiniteLoss, Preempted, Trainer, baseline_metrics
+    from ..pic.train import NonFiniteLoss, Preempted, Trainer, baseline_metrics
 
     cfg = task.cfg
     if task.kind != "pic":
@@ -309,7 +309,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, device, kind=task.kind)
         append_row(row, Path(task.results_dir))
         return row
-    from .train import reset_peak_memory, resolve_device
+    from ..pic.train import reset_peak_memory, resolve_device
 
     ckpt = task.checkpoint
     marker = read_trained(task) if task.trained() else None
@@ -358,8 +358,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         if marker is not None and not trained_here:
             # step times, memory and loss as the training process measured them (this one only loaded it)
             metrics.update(marker["metrics"])
-        from .backbone import save_backbone  # every trained backbone is kept, before evaluation can fail
-        from .evaluate import Progress
+        from ..eval.backbone import save_backbone  # every trained backbone is kept, before evaluation can fail
+        from ..eval.evaluate import Progress
 
         backbone_path = ckpt.with_name(ckpt.stem + "-backbone.pt")
         if not trainer.dist.is_main:
@@ -417,7 +417,7 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
     """
     from tqdm import tqdm
 
-    from .train import Preempted
+    from ..pic.train import Preempted
 
     try:
         tasks = dedupe(tasks)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .window import Schedule
+from ..data.window import Schedule
 
 RECENT = ("instances", "positions")
 

@@ -1,6 +1,6 @@
 """Peak memory of a piece of work: CUDA max allocated on GPUs, the process's peak RSS on Linux CPUs.
 
-The analysis ablations (``pic_bench.analysis``) and the head benchmark (``pic_bench.bench.scaling``) both
+The analysis ablations (``pic_bench.suite.analysis``) and the head benchmark (``pic_bench.bench.scaling``) both
 measure with it; it lives below both so that neither imports the other for it.
 
 Our interpretation of "peak memory" on a CPU: the highest resident set size of the whole process (VmHWM) above

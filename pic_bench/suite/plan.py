@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from .config import Config
-from .evaluate import feature_dtype, pixels_fn
-from .model import feature_dim
-from .results import read_rows
+from ..config import Config
+from ..eval.evaluate import feature_dtype, pixels_fn
+from ..pic.model import feature_dim
+from ..report.results import read_rows
 from .tasks import Task, data_sizes
 
 
@@ -63,7 +63,7 @@ def plan(task: Task, results_dir: str | Path, device: str | torch.device | None 
         "feature_dtype", "eval_feature_bytes", "eval_seconds" (None without landed rows), "eval_rows" (how many
         rows the estimate is from)}.
     """
-    from .train import derive
+    from ..pic.train import derive
 
     cfg = task.cfg
     N, test, channels = data_sizes(cfg)

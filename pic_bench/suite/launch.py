@@ -41,8 +41,8 @@ from typing import Any
 import submitit
 import yaml
 
-from .config import ConfigError, apply, read_yaml_mapping
-from .data.sources import DatasetError
+from ..config import ConfigError, apply, read_yaml_mapping
+from ..data.sources import DatasetError
 from .tasks import Task, dedupe, resume, run_task
 
 STARTUP_S = 60  # a job segment's start-up (scheduling, imports, data, resume) before its first step
@@ -250,7 +250,7 @@ def partitions() -> list[str]:
 
 def landed_step_s(results_dir: Path, ablation: str, preset: str) -> float | None:
     """Median step time (s) of this ablation's landed rows at this preset, or None."""
-    from .results import read_rows
+    from ..report.results import read_rows
 
     rows, _ = read_rows(results_dir, ablation)
     ms = [r["metrics"].get("step_ms_median") for r in rows
@@ -354,8 +354,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
         self.__init__(**state)
 
     def __call__(self, task: Task) -> dict[str, Any] | None:
-        from . import distributed
-        from .train import Preempted
+        from ..pic import distributed
+        from ..pic.train import Preempted
 
         if threading.current_thread() is threading.main_thread():
             self.take_over_signal()
@@ -416,7 +416,7 @@ def timed_out(ran_s: float, limit_s: float, signal_delay_s: float) -> bool:
 def follow(task: Task, should_stop) -> None:
     """A rank other than 0: trains in step with rank 0 (resuming from the same checkpoint), evaluates its share
     (not in a training-only task); rank 0 writes the row. A baseline is rank 0's alone: nothing to follow."""
-    from .train import Trainer
+    from ..pic.train import Trainer
 
     if task.kind != "pic":
         return None
@@ -424,7 +424,7 @@ def follow(task: Task, should_stop) -> None:
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
     if task.stage == "train":
         return None
-    from .evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
+    from ..eval.evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
 
     progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
     trainer.evaluate(progress)
@@ -646,7 +646,7 @@ def submit(tasks: list[Task], cluster_path: str | Path | None, wait: bool = Fals
     if not wait:
         return 0
     code = wait_for(tasks, followed, poll_s=poll_s, quiet=quiet, prerequisites=prereq)
-    from .tables import build_table
+    from ..report.tables import build_table
 
     for results, abl, preset in sorted({(t.results_dir, t.ablation, t.preset) for t in tasks}):
         print(build_table(abl, Path(results), preset=preset, write=True))
@@ -665,7 +665,7 @@ def wait_for(tasks: list[Task], jobs: dict[str, Any], poll_s: float = 10.0, quie
     prerequisites = prerequisites or {}
     from tqdm import tqdm
 
-    from .results import read_rows, row_key
+    from ..report.results import read_rows, row_key
 
     bar = tqdm(total=len(tasks), desc="tasks with a row", disable=quiet, file=sys.stderr)
     ended_at: dict[str, float] = {}

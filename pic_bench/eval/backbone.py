@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .model import backbone
+from ..config import ModelConfig
+from ..pic.model import backbone
 
-FORMAT = "pic_bench.backbone"
+FORMAT = "pic_bench.backbone"  # the file format's tag (the module moved to pic_bench.eval.backbone)
 VERSION = 1
 
 
@@ -77,7 +77,7 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> Backb
     meta = blob.get("pic_bench") if isinstance(blob, dict) else None
     if not meta or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pic_bench backbone file (expected a dict with 'pic_bench' and "
-                         "'state_dict', written by pic_bench.backbone.save_backbone)")
+                         "'state_dict', written by pic_bench.eval.backbone.save_backbone)")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: backbone format version {meta.get('version')}, this code reads {VERSION}")
     cfg = ModelConfig(**meta["model"])

@@ -33,10 +33,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import Ablation, Config, apply, config_hash
-from .memory import PeakMemory
-from .results import append_row, has_row, make_row
-from .window import Schedule, make_schedule
+from ..config import Ablation, Config, apply, config_hash
+from ..bench.memory import PeakMemory
+from ..report.results import append_row, has_row, make_row
+from ..data.window import Schedule, make_schedule
 
 IMAGENET_1K_TRAIN = 1_281_167
 
@@ -74,7 +74,7 @@ def run(abl: Ablation, preset: str, cli: dict[str, Any], results_dir: Path) -> i
                 print(f"{abl.name}: {point_cell} seed {seed}: {status} "
                       + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                   if isinstance(v, float) and k in SUMMARY_KEYS), file=sys.stderr)
-    from .tables import build_table
+    from ..report.tables import build_table
 
     print(build_table(Path(abl.path), results_dir, preset=preset, write=True))  # the file: its default cell
     return 1 if failed else 0
@@ -179,7 +179,7 @@ def n_grid(cap: int, start: int = 10_000) -> list[int]:
 
 def scaling_cells(cell: dict[str, Any], cfg: Config):
     """One point per N of the grid up to data.num_instances, for the arm (K, correction) this cell names."""
-    from .train import resolve_device
+    from ..pic.train import resolve_device
 
     cap = cfg.data.num_instances
     if cap <= 0:
@@ -258,7 +258,7 @@ def measure_point(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
 
     Head: ``pic_bench.bench.scaling.head_point`` where it exists, else ``_measure_head``: the classifier's part
     of ``Trainer.train_step`` on a random z (B, d) standing in for the network: recent negatives select U, then
-    the head path the trainer runs (``pic_bench.head.head_step`` when
+    the head path the trainer runs (``pic_bench.pic.head.head_step`` when
     ``pic.fast_head`` is on and that module exists; else the plain ``loss.pic_loss`` + backward +
     ``update.update_rows``), updating rows U of w and u with the correction, all N rows without it.
     Whole step: ``Trainer.train_step`` itself on random images of the config's size (data loading excluded).
@@ -281,11 +281,11 @@ def _timed(part: str, cfg: Config, device: torch.device, step: Callable[[], None
 
 
 def fast_head(cfg: Config):
-    """``pic_bench.head`` when the trainer would use it for this config, else None (the plain path)."""
+    """``pic_bench.pic.head`` when the trainer would use it for this config, else None (the plain path)."""
     if not getattr(cfg.pic, "fast_head", False):
         return None
     try:
-        from . import head
+        from ..pic import head
     except ImportError:
         return None
     return head if hasattr(head, "head_step") else None
@@ -294,7 +294,7 @@ def fast_head(cfg: Config):
 def bench_head_point():
     """``pic_bench.bench.scaling.head_point`` (issue 5's head benchmark) where it exists, else None."""
     try:
-        from .bench import scaling as bench_scaling
+        from ..bench import scaling as bench_scaling
     except ImportError:
         return None
     return getattr(bench_scaling, "head_point", None)
@@ -318,10 +318,10 @@ def _bench_head(head_point, cfg: Config, N: int, device: torch.device) -> dict[s
 
 
 def _measure_head(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
-    from .loss import pic_loss
-    from .negatives import RecentNegatives
-    from .train import seed_everything
-    from .update import update_rows
+    from ..pic.loss import pic_loss
+    from ..pic.negatives import RecentNegatives
+    from ..pic.train import seed_everything
+    from ..pic.update import update_rows
 
     p, o = cfg.pic, cfg.optim
     B, d = o.batch_size, cfg.model.dim if cfg.model.head != "none" else None
@@ -373,9 +373,9 @@ class _Unloaded:
 
 
 def _measure_step(cfg: Config, N: int, device: torch.device) -> dict[str, Any]:
-    from .data import Batch
-    from .data.sources import Source
-    from .train import Trainer
+    from ..data import Batch
+    from ..data.sources import Source
+    from ..pic.train import Trainer
 
     channels = 1 if cfg.data.dataset in ("fashion_mnist", "digits") else 3
     source = Source("scaling", _Unloaded(N), _Unloaded(1), channels, (0.5,) * channels, (0.25,) * channels,

@@ -1,0 +1,6 @@
+"""Judging a frozen backbone: weighted kNN, the linear protocols (``probe``, ``linear_sgd``), kept backbones.
+
+``evaluate`` holds the protocols and their resumable progress; ``backbone`` saves and loads trained backbones.
+
+May import: ``pic_bench.config``, ``pic_bench.data``, ``pic_bench.pic`` (the network and the rank split).
+"""
