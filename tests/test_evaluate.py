@@ -287,7 +287,7 @@ def test_feature_dtype_auto_keeps_cpu_float32():
 # ---- 6. baselines that fit
 
 def test_pixel_baseline_is_downsampled_and_says_so():
-    from pic_bench.pic.train import baseline_metrics
+    from pic_bench.eval.evaluate import baseline_metrics
 
     fn, d = E.pixels_fn(8, 4)
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
@@ -302,7 +302,7 @@ def test_pixel_baseline_is_downsampled_and_says_so():
 
 
 def test_random_network_baseline_runs_through_linear_sgd(folder):
-    from pic_bench.pic.train import baseline_metrics
+    from pic_bench.eval.evaluate import baseline_metrics
 
     cfg = folder_cfg(folder, **{"eval.protocol": "linear_sgd", "eval.sgd_epochs": 1, "eval.sgd_batch": 32})
     m, derived = baseline_metrics(cfg, "random")

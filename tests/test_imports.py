@@ -1,4 +1,5 @@
-"""Layers only go down: every pic_bench module imports, and the package's import graph has no cycle.
+"""Layers only go down: every pic_bench module imports, the package's import graph has no cycle, and each wing imports
+only the wings below it (``ALLOWED``).
 
     nice -n 10 python -m pytest tests/test_imports.py -q
 
@@ -122,3 +123,57 @@ def test_every_module_imports(name):
 def test_the_import_graph_has_no_cycle():
     found = [c for c in cycles(graph()) if c not in EXPECTED_FOR_NOW]
     assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
+
+
+# Which wing may import which (STYLE.md "Layout: wings"; issue 20): layers only go down. The method never imports
+# the suite, the report or the evaluation (a training run does not evaluate: the task does); the report reads rows
+# and knows nothing of how they were made. The entry modules (pic_bench.run, ...) and the package's own
+# __init__ (its lazy load_backbone) may import anything.
+ALLOWED = {
+    "config": set(),
+    "reference": set(),
+    "data": {"config"},
+    "pic": {"config", "data"},
+    "eval": {"config", "data", "pic"},
+    "report": {"config", "reference"},
+    "bench": {"config", "data", "pic", "eval", "report"},
+    "suite": {"config", "data", "pic", "eval", "report", "bench", "reference"},
+}
+
+
+def wing(module: str) -> str | None:
+    """The wing a module belongs to (``pic_bench.pic.train`` -> ``pic``); None for the package and entry modules."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    w = parts[1]
+    return w if w in ALLOWED else None
+
+
+def violations(g: dict[str, set[str]]) -> list[str]:
+    out = []
+    for m, targets in sorted(g.items()):
+        w = wing(m)
+        if w is None:
+            continue
+        for t in sorted(targets):
+            tw = wing(t)
+            if tw is not None and tw != w and tw not in ALLOWED[w]:
+                out.append(f"{m} imports {t} ({w} may import {', '.join(sorted(ALLOWED[w])) or 'nothing of ours'})")
+    return out
+
+
+def test_every_module_is_in_a_wing_or_an_entry_point():
+    entries = {"pic_bench", "pic_bench.run", "pic_bench.tables", "pic_bench.status", "pic_bench.preflight"}
+    assert [m for m in modules() if wing(m) is None and m not in entries] == []
+
+
+def test_the_rule_finds_an_arrow_up():
+    assert violations({"pic_bench.pic.train": {"pic_bench.eval.evaluate", "pic_bench.data"}}) == [
+        "pic_bench.pic.train imports pic_bench.eval.evaluate (pic may import config, data)"]
+    assert violations({"pic_bench.report.tables": {"pic_bench.config", "pic_bench.report.plots"}}) == []
+
+
+def test_wings_import_only_the_wings_below_them():
+    found = violations(graph())
+    assert not found, "imports against the wing rule:\n" + "\n".join(found)

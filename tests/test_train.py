@@ -168,7 +168,7 @@ def test_rows_argv_names_no_machine_folder(tmp_path):
             "/data/someone/results", f"--checkpoints={tmp_path}/ck", "data.root=/mnt/imagenet/train", "pic.K=512",
             str(root / "ablations" / "x.yaml")]
     assert portable_argv(argv, root) == [
-        "pic_bench/suite/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
+        "pic_bench/run.py", "ablations/negatives_k.yaml", "small", "--results", ".../results",
         "--checkpoints=.../ck", "data.root=.../train", "pic.K=512", "ablations/x.yaml"]
 
 
@@ -258,11 +258,12 @@ def test_checkpoints_on_a_time_budget_are_taken_at_log_steps(monkeypatch, tmp_pa
 
 
 def test_row_peak_memory_is_the_training_loops_not_evaluations(tmp_path, monkeypatch):
+    from pic_bench.eval import evaluate
     from pic_bench.pic import train
 
     evaluated = []
-    real_eval = Trainer.evaluate
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a: (evaluated.append(1), real_eval(self, *a))[1])
+    real_eval = evaluate.evaluate_run
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a: (evaluated.append(1), real_eval(*a))[1])
     monkeypatch.setattr(train, "peak_memory_mib", lambda device: 999.0 if evaluated else 100.0)
     cfg = smoke(**{"optim.max_steps": 3})
     row = run_task(Task("peak_test", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path)))

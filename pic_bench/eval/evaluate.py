@@ -66,9 +66,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from ..pic import distributed
-from ..config import EvalConfig
+from ..config import Config, EvalConfig
 from ..data.augment import eval_transform
-from ..data.sources import BadImageError, ImageSet
+from ..data.sources import BadImageError, ImageSet, Source, load_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -549,3 +549,37 @@ def evaluate_pixels(source, size: int, cfg: EvalConfig, seed: int, on_bad_image:
     fn, d = pixels_fn(size, cfg.pixels_size)
     return evaluate_backbone(fn, d * source.channels, source, size, cfg, device, seed, on_bad_image, workers,
                              progress)
+
+
+def evaluate_run(trainer, progress: Progress | None = None) -> dict[str, float]:
+    """kNN and the linear protocol on a training run's network (a ``pic.train.Trainer``: its model, source,
+    config and device); ``progress`` keeps what is done for a rerun. The task calls this after training: a
+    training run never evaluates itself."""
+    cfg = trainer.cfg
+    return evaluate_model(trainer.model, trainer.source, cfg.data.image_size, cfg.eval, trainer.device, cfg.run.seed,
+                          cfg.data.on_bad_image, cfg.data.workers, progress)
+
+
+def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:
+    """The two baselines under the run's evaluation protocol: 'random' (untrained network) or 'pixels'."""
+    from ..pic.model import PICModel
+    from ..pic.train import resolve_device, seed_everything
+
+    source = source or load_source(cfg.data, cfg.run.seed)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.run.device)
+    if kind == "pixels":
+        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed, cfg.data.on_bad_image, device,
+                            cfg.data.workers)
+    else:
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.run.seed)
+        model = PICModel(cfg.model, source.channels).to(device)
+        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image,
+                           cfg.data.workers)
+    m["eval_wall_s"] = time.perf_counter() - t0
+    derived = {"N": source.N, "index_digest": source.index_digest, "eval_split": source.eval_split}
+    if kind == "pixels":
+        derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
+    return m, derived

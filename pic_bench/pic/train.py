@@ -49,7 +49,6 @@ from ..config import Config, ConfigError
 from ..data import Batch
 from ..data.loaders import build_loader
 from ..data.sources import Source, load_source
-from ..eval.evaluate import evaluate_model, evaluate_pixels
 from .loss import pic_logits, pic_loss
 from .model import PICModel
 from .negatives import RecentNegatives
@@ -451,33 +450,6 @@ class Trainer:
         return {"peak_mem_mib": max(ranks), "peak_mem_mib_ranks": ranks,
                 "peak_mem_kind": "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss",
                 "dali_pool_mib": dali_pool_mib(self.loader)}
-
-    def evaluate(self, progress=None) -> dict[str, float]:
-        """kNN and the linear protocol; ``progress`` (evaluate.Progress) keeps what is done for a rerun."""
-        return evaluate_model(self.model, self.source, self.cfg.data.image_size, self.cfg.eval, self.device,
-                              self.cfg.run.seed, self.cfg.data.on_bad_image, self.cfg.data.workers, progress)
-
-
-def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:
-    """The two baselines under the run's evaluation protocol: 'random' (untrained network) or 'pixels'."""
-    source = source or load_source(cfg.data, cfg.run.seed)
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.run.device)
-    if kind == "pixels":
-        m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, cfg.run.seed, cfg.data.on_bad_image, device,
-                            cfg.data.workers)
-    else:
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
-        seed_everything(cfg.run.seed)
-        model = PICModel(cfg.model, source.channels).to(device)
-        m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image,
-                           cfg.data.workers)
-    m["eval_wall_s"] = time.perf_counter() - t0
-    derived = {"N": source.N, "index_digest": source.index_digest, "eval_split": source.eval_split}
-    if kind == "pixels":
-        derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
-    return m, derived
 
 
 def _curve_step(line: str) -> float:

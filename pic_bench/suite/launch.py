@@ -424,10 +424,10 @@ def follow(task: Task, should_stop) -> None:
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
     if task.stage == "train":
         return None
-    from ..eval.evaluate import Progress  # evaluation is sharded over the ranks: this one embeds its slice
+    from ..eval.evaluate import Progress, evaluate_run  # evaluation is sharded over the ranks: this one embeds its slice
 
     progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
-    trainer.evaluate(progress)
+    evaluate_run(trainer, progress)
     progress.clear()
     return None
 

@@ -289,7 +289,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     missing data, ...) writes a row marked failed and re-raises. The loss curve goes to ``task.curve`` (named in
     the row as ``row["curve"]``); ``echo`` also prints its lines on stderr.
     """
-    from ..pic.train import NonFiniteLoss, Preempted, Trainer, baseline_metrics
+    from ..eval.evaluate import baseline_metrics, evaluate_run
+    from ..pic.train import NonFiniteLoss, Preempted, Trainer
 
     cfg = task.cfg
     if task.kind != "pic":
@@ -382,7 +383,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
                     "backbone": str(backbone) if backbone else None}
         eval_progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"))
         t0 = time.perf_counter()
-        metrics.update(trainer.evaluate(eval_progress))
+        metrics.update(evaluate_run(trainer, eval_progress))
         metrics["eval_wall_s"] = time.perf_counter() - t0
         if any(bad.values()):  # on_bad_image=skip: what the evaluation left out (train set and val split)
             metrics["eval_skipped_images"] = sum(bad.values())
