@@ -121,6 +121,31 @@ def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on_then_exits_1(tmp_pat
     assert "skipping 1 task(s)" in capsys.readouterr().err
 
 
+def test_rows_that_are_not_valid_rows_never_stop_a_run_and_their_cell_says_why_it_runs_again(tmp_path, capsys):
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    argv = [str(f), "smoke", "optim.base_lr=0.3", "--results", str(tmp_path), "--checkpoints", str(tmp_path / "ck"),
+            "--no-baselines", "-q"]
+    assert main(argv) == 0
+    path = rows_file(tmp_path, "sweep_faults")
+    (ok,) = [json.loads(line) for line in path.read_text().splitlines()]
+    hand = [{**ok, "seed": "7"}, {**ok, "seed": 1}, {**ok, "status": "OK"}]  # edited and merged by hand
+    path.write_text(json.dumps(hand[0]) + "\n" + json.dumps(hand[1]) + "\n" + json.dumps(hand[2]) + "\n")
+    capsys.readouterr()
+    assert main(argv + ["--dry-run"]) == 0  # before: TypeError: '<' not supported between 'int' and 'str'
+    out, err = capsys.readouterr()
+    assert out.count(" todo") == 1 and " done" not in out
+    assert f"{path}:1: field 'seed' is \"7\", not an integer" in err
+    assert f"{path}:3: status 'OK' is not one of ok, failed, skipped; its cell has no valid ok row, so it runs " \
+           "again" in err
+    assert main(argv) == 0  # trains the cell again and writes the table
+    rows, problems = read_rows(tmp_path, "sweep_faults")
+    assert [(r["seed"], r["status"]) for r in rows] == [(1, "ok"), (0, "ok")]
+    assert [p.line for p in problems] == [1, 3]
+    md = (tmp_path / "tables" / "sweep_faults.md").read_text()
+    assert "sweep_faults.jsonl:1: field 'seed'" in md and "sweep_faults.jsonl:3: status 'OK'" in md
+
+
 def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, capsys):
     assert _sweep(tmp_path, "--fail-fast") == 1
     rows, _ = read_rows(tmp_path, "sweep_faults")

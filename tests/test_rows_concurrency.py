@@ -47,3 +47,26 @@ def test_requeued_task_does_not_duplicate_its_row_but_a_failed_one_is_retried(tm
     rows, _ = read_rows(tmp_path, "concurrency")
     assert [(r["status"], r["metrics"]["writer"]) for r in rows] == [("failed", 0), ("ok", 1)]
     assert len({row_key(r) for r in rows}) == 1
+
+
+def test_the_done_check_reads_a_rows_file_once_per_change_not_once_per_task(tmp_path, monkeypatch):
+    from pic_bench.report import results
+
+    for seed in range(50):
+        assert append_row(fake_row(seed, 0), tmp_path)
+    parsed = []
+    real = json.loads
+
+    def counting(text, *a, **kw):
+        parsed.append(1)
+        return real(text, *a, **kw)
+
+    monkeypatch.setattr(results.json, "loads", counting)
+    asked = [results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", seed) for seed in range(100)]
+    assert asked == [True] * 50 + [False] * 50
+    assert len(parsed) == 50  # before: 100 tasks x 50 rows parsed
+    append_row(fake_row(70, 0), tmp_path)  # a row lands: the next check sees it
+    parsed.clear()
+    assert results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", 70)
+    assert not results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", 71)
+    assert len(parsed) == 51

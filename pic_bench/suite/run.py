@@ -29,7 +29,7 @@ from typing import Any
 from ..report import compare
 from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
                      parse_cli_overrides, parse_seeds, to_dict)
-from ..report.results import DEFAULT_RESULTS, has_row, rows_file
+from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
 
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
             for t in tasks:  # each task's identity names its data: read it now, not after the first step
                 t.key
+            for line in problem_notes(Path(args.results), abl.name, {t.key for t in tasks}):
+                print(f"warning: {line}", file=sys.stderr)  # lines of the rows file that are not rows: named
             listing = []
             if args.dry_run:
                 from . import plan
