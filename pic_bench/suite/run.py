@@ -28,7 +28,7 @@ from typing import Any
 
 from ..report import compare
 from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds, to_dict)
+                     parse_cli_overrides, parse_seeds, plain_sections, to_dict)
 from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
@@ -101,7 +101,8 @@ def same_run_warnings(cells: list[tuple[dict[str, Any], Config]]) -> list[str]:
         if N is None or cfg.pic.K == 0:
             continue
         samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
-        key = json.dumps(to_dict(apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run")), sort_keys=True)
+        same = apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run")
+        key = json.dumps(plain_sections(same), sort_keys=True)  # to_dict's content, without its deep copy
         groups.setdefault(key, []).append(f"'{cell_label(cell)}'")
         at[key] = N
     out = []

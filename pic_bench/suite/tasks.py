@@ -101,14 +101,19 @@ class Task:
     def digest(self) -> str:
         return data_digest(self.cfg)
 
+    @functools.cached_property
+    def chash(self) -> str:
+        """``config_hash(self.cfg)``, once per task (a 10,000-task sweep asks for its key and name ~7 times each)."""
+        return config_hash(self.cfg)
+
     @property
     def key(self) -> tuple:
         """The same tuple as ``results.row_key`` of this task's row."""
-        return (self.ablation, self.kind, self.preset, config_hash(self.cfg), self.cfg.run.seed, self.digest)
+        return (self.ablation, self.kind, self.preset, self.chash, self.cfg.run.seed, self.digest)
 
     @property
     def name(self) -> str:
-        return (f"{self.ablation}/{self.kind}/{self.preset}/{config_hash(self.cfg)}-{short_digest(self.digest)}"
+        return (f"{self.ablation}/{self.kind}/{self.preset}/{self.chash}-{short_digest(self.digest)}"
                 f"/s{self.cfg.run.seed}")
 
     @property
