@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import Config, config_hash, to_dict, with_added_keys
+from ..files import write_error
 from .machine import machine_info
 
 DEFAULT_RESULTS = Path("results")
@@ -188,30 +189,43 @@ def append_row(row: dict[str, Any], results_dir: Path = DEFAULT_RESULTS, replace
     """Appends ``row`` unless a successful row with the same key exists. Returns whether it was written.
 
     The check and the append happen under one exclusive lock, so concurrent writers never duplicate a row; a
-    half-written last line left by a killed writer is quarantined first (``_repair_tail``).
+    half-written last line left by a killed writer is quarantined first (``_repair_tail``). A write that fails (a
+    full disk: ENOSPC, EDQUOT; a read-only folder: EROFS) cuts what it wrote of the line and raises
+    ``files.WriteError`` naming the rows file and the reason.
     """
     path = rows_file(results_dir, row["ablation"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0)
-            data = _repair_tail(f, path, f.read())
-            key = row_key(row)
-            for raw in data.splitlines():
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: what a failed write left is known and cut
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                data = _repair_tail(f, path, f.read())
+                key = row_key(row)
+                for raw in data.splitlines():
+                    try:
+                        old = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(old, dict) and row_key(old) == key and old.get("status") == "ok":
+                        return False
                 try:
-                    old = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(old, dict) and row_key(old) == key and old.get("status") == "ok":
-                    return False
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-            return True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+                    rest = memoryview(line)
+                    while rest:
+                        rest = rest[f.write(rest):]
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(len(data))  # the part of the line written before the disk filled: cut again
+                    raise
+                return True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError as e:  # a full disk, a read-only folder, a quota: the file and the reason, one line
+        err = write_error(path, e)
+        if err is None:  # not the disk: a bug, as it was
+            raise
+        raise err from e
 
 
 @dataclass

@@ -326,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..report.tables import build_table
 
     # the file itself, not its name: a file outside ablations/ still gives its default cell and Δ
-    print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
+    try:
+        print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
+    except OSError as e:  # a full or read-only results folder: the rows are kept; the table is not written
+        print(f"error: the table of {abl.name} could not be written: {e}", file=sys.stderr)
+        return 1
     if Path(args.results).resolve() != Path(compare.COMMITTED).resolve():
         keys = {(t.kind, t.preset, config_hash(t.cfg), t.cfg.run.seed) for t in tasks}
         text = compare.report(abl.name, Path(args.results), keys)
