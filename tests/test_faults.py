@@ -385,3 +385,45 @@ def test_a_full_disk_in_a_run_is_one_error_line_and_a_later_success_supersedes_i
     md = (tmp_path / "tables" / "sweep_faults.md").read_text()
     assert "No space left" not in md and "failed run" not in md  # before: the old failure beside the success
     assert [s["state"] for s in task_states("sweep_faults", tmp_path)] == ["done"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (a real full disk: the kernel's ENOSPC, and EROFS once remounted read-only); skipped where
+    this process may not mount one (not root, or no CAP_SYS_ADMIN)."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_real_full_disk_and_a_read_only_one_are_one_error_line_naming_the_file(tmp_path, tiny_disk, capsys):
+    import subprocess
+
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    argv = [str(f), "smoke", "optim.base_lr=0.3", "--results", str(tmp_path / "res"), "--checkpoints",
+            str(tiny_disk), "--no-baselines", "-q"]
+    assert main(argv) == 1  # the backbone fits in 64 KiB, the checkpoint does not
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {tiny_disk}" in errors[0] and "(ENOSPC)" in errors[0]
+    assert "inline_container" not in err  # before: torch's "[enforce fail at inline_container.cc:672] ..."
+    assert not list(tiny_disk.rglob("*.tmp"))  # before: the .tmp was left, filling the disk
+    (failed,) = read_rows(tmp_path / "res", "sweep_faults")[0]
+    assert failed["error"].startswith(f"WriteError: cannot write {tiny_disk}")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    from pic_bench.files import WriteError
+
+    row = {**failed, "seed": 9}
+    with pytest.raises(WriteError, match=f"cannot write {tiny_disk / 'rows' / 'x.jsonl'}: Read-only file system"):
+        append_row({**row, "ablation": "x"}, tiny_disk)
