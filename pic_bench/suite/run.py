@@ -28,7 +28,7 @@ from typing import Any
 
 from ..report import compare
 from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds, plain_sections, to_dict)
+                     parse_cli_overrides, parse_seeds, plain_sections)
 from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
