@@ -366,7 +366,9 @@ def _done_index(results_dir: Path, ablation: str) -> tuple[frozenset, list[RowPr
 
 def ok_keys(results_dir: Path, ablation: str) -> frozenset:
     """The keys (``row_key``) of the ok rows of an ablation's rows file. The file is read once and again only
-    when it has changed (its size or time), so the done-check of a 10,000-task sweep reads it once, not per task."""
+    when it has changed (its inode, size or modification time), so the done-check of a 10,000-task sweep reads it
+    once, not per task. Rows files only grow (``append_row``); a hand edit that keeps the size within one tick of
+    the filesystem's clock would read as unchanged until the next row lands."""
     return _done_index(Path(results_dir), ablation)[0]
 
 
