@@ -104,3 +104,34 @@ def test_a_preset_can_replace_sweep_cells_default_and_seeds(tmp_path):
     g.write_text("name: q\npresets:\n  paper:\n    sweep: {pic.KK: [1]}\n")
     with pytest.raises(ConfigError, match=r"q\.yaml.*pic\.KK"):
         load_ablation(g)
+
+
+def test_plain_sections_is_to_dict_on_random_configs():
+    """config_hash's fast path (plain_sections) against its reference (dataclasses.asdict via to_dict), on
+    configs with fresh random values of every field's type, -0.0 and nan among the floats."""
+    import dataclasses
+    import json
+    import math
+    import random
+
+    from pic_bench.config import _field_types, plain_sections, to_dict
+
+    rng = random.Random()
+    for _ in range(50):
+        cfg = Config()
+        for section in dataclasses.fields(cfg):
+            part = getattr(cfg, section.name)
+            values = {}
+            for name, typ in _field_types(type(part)).items():
+                if typ is bool:
+                    values[name] = rng.random() < 0.5
+                elif typ is int:
+                    values[name] = rng.randint(-10**6, 10**6)
+                elif typ is float:
+                    values[name] = rng.choice([rng.uniform(-1e3, 1e3), -0.0, 0.0, math.nan, math.inf])
+                else:
+                    values[name] = "".join(rng.choice("abc/é ") for _ in range(rng.randint(0, 8)))
+            cfg = dataclasses.replace(cfg, **{section.name: dataclasses.replace(part, **values)})
+        fast, ref = plain_sections(cfg), to_dict(cfg)
+        assert json.dumps(fast, sort_keys=True) == json.dumps(ref, sort_keys=True)
+        assert list(fast) == list(ref) and all(list(fast[s]) == list(ref[s]) for s in ref)

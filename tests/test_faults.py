@@ -1,5 +1,8 @@
 """Faults lose nothing: a half-written row line, a corrupt checkpoint, a failing cell in a sweep."""
+import errno
+import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,31 @@ def test_a_failed_cell_writes_its_row_and_the_sweep_goes_on_then_exits_1(tmp_pat
     assert "skipping 1 task(s)" in capsys.readouterr().err
 
 
+def test_rows_that_are_not_valid_rows_never_stop_a_run_and_their_cell_says_why_it_runs_again(tmp_path, capsys):
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    argv = [str(f), "smoke", "optim.base_lr=0.3", "--results", str(tmp_path), "--checkpoints", str(tmp_path / "ck"),
+            "--no-baselines", "-q"]
+    assert main(argv) == 0
+    path = rows_file(tmp_path, "sweep_faults")
+    (ok,) = [json.loads(line) for line in path.read_text().splitlines()]
+    hand = [{**ok, "seed": "7"}, {**ok, "seed": 1}, {**ok, "status": "OK"}]  # edited and merged by hand
+    path.write_text(json.dumps(hand[0]) + "\n" + json.dumps(hand[1]) + "\n" + json.dumps(hand[2]) + "\n")
+    capsys.readouterr()
+    assert main(argv + ["--dry-run"]) == 0  # before: TypeError: '<' not supported between 'int' and 'str'
+    out, err = capsys.readouterr()
+    assert out.count(" todo") == 1 and " done" not in out
+    assert f"{path}:1: field 'seed' is \"7\", not an integer" in err
+    assert f"{path}:3: status 'OK' is not one of ok, failed, skipped; its cell has no valid ok row, so it runs " \
+           "again" in err
+    assert main(argv) == 0  # trains the cell again and writes the table
+    rows, problems = read_rows(tmp_path, "sweep_faults")
+    assert [(r["seed"], r["status"]) for r in rows] == [(1, "ok"), (0, "ok")]
+    assert [p.line for p in problems] == [1, 3]
+    md = (tmp_path / "tables" / "sweep_faults.md").read_text()
+    assert "sweep_faults.jsonl:1: field 'seed'" in md and "sweep_faults.jsonl:3: status 'OK'" in md
+
+
 def test_fail_fast_stops_at_the_first_failed_cell(tmp_path, capsys):
     assert _sweep(tmp_path, "--fail-fast") == 1
     rows, _ = read_rows(tmp_path, "sweep_faults")
@@ -219,3 +247,183 @@ def test_data_that_cannot_be_read_is_one_error_line_before_any_work(tmp_path, ca
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         line for line in err.splitlines() if "image folder not found" in line and str(tmp_path / "nowhere") in line]
     assert not (tmp_path / "rows").exists()
+
+
+# --------------------------------------------------------------------------------------------- write failures
+class _FullDisk(io.FileIO):
+    """A file on a disk that fills after ``room`` bytes: the write that crosses it writes what fits, the next
+    raises ENOSPC (as the kernel does), or another errno."""
+
+    room = 0
+    code = errno.ENOSPC
+
+    def write(self, b):
+        b = memoryview(b).cast("B")
+        if _FullDisk.room <= 0:
+            raise OSError(_FullDisk.code, os.strerror(_FullDisk.code))
+        n = super().write(b[: _FullDisk.room])
+        _FullDisk.room -= n
+        return n
+
+
+def _fill_disk_for(monkeypatch, module, suffix: str, room: int, code: int = errno.ENOSPC) -> None:
+    """Files opened by ``module`` whose name ends with ``suffix`` are on a disk with ``room`` bytes left."""
+    real = open
+    _FullDisk.room, _FullDisk.code = room, code
+
+    def fake(path, mode="r", *a, **kw):
+        if str(path).endswith(suffix) and ("w" in mode or "a" in mode):
+            raw = _FullDisk(path, mode.replace("b", ""))
+            return raw if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+        return real(path, mode, *a, **kw)
+
+    monkeypatch.setattr(module, "open", fake, raising=False)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])
+def test_a_checkpoint_that_cannot_be_written_names_its_file_and_keeps_the_previous_one(tmp_path, monkeypatch,
+                                                                                        code):
+    from pic_bench import files
+    from pic_bench.files import WriteError
+    from pic_bench.pic.train import Trainer
+
+    trainer = Trainer(tiny())
+    ckpt = tmp_path / "ck" / "a.pt"
+    trainer.save(ckpt)
+    before = ckpt.read_bytes()
+    trainer.step = 5  # a later state, whose save fails partway
+    _fill_disk_for(monkeypatch, files, ".tmp", room=len(before) // 3, code=code)
+    with pytest.raises(WriteError) as e:
+        trainer.save(ckpt)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {ckpt}: {os.strerror(code)} ({errno.errorcode[code]})")
+    assert "inline_container" not in msg and e.value.errno == code  # before: torch's own words, no file
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["a.pt"]  # no .tmp left behind
+    assert ckpt.read_bytes() == before
+    monkeypatch.undo()
+    Trainer(tiny()).load(ckpt)
+
+
+def test_a_backbone_that_cannot_be_written_names_its_file_and_leaves_no_tmp(tmp_path, monkeypatch):
+    from pic_bench import files
+    from pic_bench.eval.backbone import load_backbone, save_backbone
+    from pic_bench.files import WriteError
+    from pic_bench.pic.train import Trainer
+
+    t = Trainer(tiny())
+    path = tmp_path / "b-backbone.pt"
+    save_backbone(t.model, t.cfg.model, t.source.channels, path)
+    before = path.read_bytes()
+    _fill_disk_for(monkeypatch, files, ".tmp", room=100)
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device"):
+        save_backbone(t.model, t.cfg.model, t.source.channels, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b-backbone.pt"] and path.read_bytes() == before
+    monkeypatch.undo()
+    load_backbone(path)
+
+
+def test_a_row_that_cannot_be_written_is_cut_back_and_names_the_rows_file(tmp_path, monkeypatch):
+    from pic_bench.files import WriteError
+    from pic_bench.report import results
+
+    row = {"ablation": "faults", "preset": "smoke", "kind": "pic", "config_hash": "x", "seed": 0, "status": "ok",
+           "metrics": {}, "config": {}}
+    assert append_row(row, tmp_path)
+    path = rows_file(tmp_path, "faults")
+    before = path.read_bytes()
+    _fill_disk_for(monkeypatch, results, ".jsonl", room=40)  # 40 bytes of the next row fit, then ENOSPC
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device"):
+        append_row({**row, "seed": 1, "padding": "x" * 1000}, tmp_path)
+    assert path.read_bytes() == before  # before: a half row glued to the file
+    monkeypatch.undo()
+    assert append_row({**row, "seed": 1}, tmp_path)
+    assert [r["seed"] for r in read_rows(tmp_path, "faults")[0]] == [0, 1]
+
+
+def test_a_curve_that_cannot_be_written_names_its_file(tmp_path, monkeypatch):
+    from pic_bench.files import WriteError
+    from pic_bench.pic import train
+    from pic_bench.suite import tasks
+
+    trainer = train.Trainer(tiny())
+    curve = tmp_path / "c.jsonl"
+    for module, make in ((train, lambda: train._Curve(curve, 0)), (tasks, lambda: tasks.CurveWriter(curve, trainer))):
+        writer = make()
+        _fill_disk_for(monkeypatch, module, "c.jsonl", room=0)
+        if module is train:
+            writer.f = train.open(curve, "a")
+            call = lambda: writer.write(1, 1.0, 0.1, 0.5)  # noqa: E731
+        else:
+            trainer.meters.losses[:] = [1.0]
+            call = lambda: writer(1, 1, 1.0)  # noqa: E731
+        with pytest.raises(WriteError, match=f"cannot write {curve}: No space left on device"):
+            call()
+        monkeypatch.undo()
+
+
+def test_a_full_disk_in_a_run_is_one_error_line_and_a_later_success_supersedes_it(tmp_path, monkeypatch, capsys):
+    from pic_bench import files
+    from pic_bench.suite.status import task_states
+
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    argv = [str(f), "smoke", "optim.base_lr=0.3", "--results", str(tmp_path), "--checkpoints", str(tmp_path / "ck"),
+            "--no-baselines", "-q"]
+    _fill_disk_for(monkeypatch, files, "-s0.tmp", room=1000)  # the checkpoint's .tmp (x-s0.pt -> x-s0.tmp)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device (ENOSPC)" in errors[0]
+    assert "cannot write " + str(tmp_path / "ck" / "sweep_faults" / "smoke") in errors[0]
+    assert "inline_container" not in err and "Traceback" not in err
+    assert not list((tmp_path / "ck").rglob("*.tmp"))
+    (failed,) = read_rows(tmp_path, "sweep_faults")[0]
+    assert failed["status"] == "failed" and failed["error"].startswith("WriteError: cannot write ")
+    assert "inline_container" not in failed["error"]  # before: torch's internal message in the row
+    monkeypatch.undo()  # space is freed
+    assert main(argv) == 0
+    md = (tmp_path / "tables" / "sweep_faults.md").read_text()
+    assert "No space left" not in md and "failed run" not in md  # before: the old failure beside the success
+    assert [s["state"] for s in task_states("sweep_faults", tmp_path)] == ["done"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (a real full disk: the kernel's ENOSPC, and EROFS once remounted read-only); skipped where
+    this process may not mount one (not root, or no CAP_SYS_ADMIN)."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_real_full_disk_and_a_read_only_one_are_one_error_line_naming_the_file(tmp_path, tiny_disk, capsys):
+    import subprocess
+
+    f = tmp_path / "sweep_faults.yaml"
+    f.write_text(SWEEP)
+    argv = [str(f), "smoke", "optim.base_lr=0.3", "--results", str(tmp_path / "res"), "--checkpoints",
+            str(tiny_disk), "--no-baselines", "-q"]
+    assert main(argv) == 1  # the backbone fits in 64 KiB, the checkpoint does not
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {tiny_disk}" in errors[0] and "(ENOSPC)" in errors[0]
+    assert "inline_container" not in err  # before: torch's "[enforce fail at inline_container.cc:672] ..."
+    assert not list(tiny_disk.rglob("*.tmp"))  # before: the .tmp was left, filling the disk
+    (failed,) = read_rows(tmp_path / "res", "sweep_faults")[0]
+    assert failed["error"].startswith(f"WriteError: cannot write {tiny_disk}")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    from pic_bench.files import WriteError
+
+    row = {**failed, "seed": 9}
+    with pytest.raises(WriteError, match=f"cannot write {tiny_disk / 'rows' / 'x.jsonl'}: Read-only file system"):
+        append_row({**row, "ablation": "x"}, tiny_disk)

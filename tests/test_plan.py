@@ -107,3 +107,46 @@ def test_the_dry_run_prints_each_tasks_plan_under_its_line(capsys, tmp_path):
     assert "on this process (cpu" in out[pic + 1]
     pixels = next(i for i, line in enumerate(out) if "/baseline_pixels/" in line)
     assert out[pixels + 1].startswith("    baseline_pixels, no training")
+
+
+def test_eval_rate_is_the_plain_median_over_every_row_and_reads_the_rows_once(tmp_path, monkeypatch):
+    """The cached per-file rate against the plain computation (row_eval_images over every row), on fresh random
+    rows of mixed presets, kinds, splits and test sizes; planning many tasks parses the rows file once."""
+    import json
+    import random
+
+    from pic_bench.config import to_dict
+    from pic_bench.report import results
+    from pic_bench.report.results import read_rows, rows_file
+
+    rng = random.Random()
+    settings = [{"data.eval_split": s, "data.test_size": n} for s in ("val", "train") for n in (100, 200)]
+    lines = []
+    for seed in range(60):
+        cfg = build(rng.choice(["smoke", "small"]), {"run.seed": seed, **rng.choice(settings)})
+        lines.append(json.dumps({
+            "ablation": "planned", "preset": rng.choice(["smoke", "small"]), "seed": seed, "config_hash": "h",
+            "kind": rng.choice(["pic", "baseline_random"]), "status": rng.choice(["ok", "ok", "failed"]),
+            "metrics": {"eval_wall_s": rng.uniform(0.5, 50)} if rng.random() < 0.9 else {},
+            "derived": {"N": rng.randint(0, 500)}, "config": to_dict(cfg)}) + "\n")
+    path = rows_file(tmp_path, "planned")
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(lines))
+    parsed = []
+    real = json.loads
+    monkeypatch.setattr(results.json, "loads", lambda *a, **kw: parsed.append(1) or real(*a, **kw))
+    tasks = [task(tmp_path, kind, preset, 0, **over) for kind in ("pic", "baseline_random")
+             for preset in ("smoke", "small") for over in settings]
+    for t in tasks * 3:
+        got = plan_mod.eval_rate(tmp_path, "planned", t.preset, t.kind, t.cfg, 77)
+        per_image = []
+        for row in read_rows(tmp_path, "planned")[0]:  # the plain reference: every row, every time
+            wall = row["metrics"].get("eval_wall_s")
+            n = plan_mod.row_eval_images(row, t.cfg, 77)
+            if row["status"] == "ok" and row["preset"] == t.preset and row["kind"] == t.kind and wall and n:
+                per_image.append(wall / n)
+        assert got == ((statistics.median(per_image) if per_image else None), len(per_image))
+    parsed.clear()
+    for t in tasks * 10:
+        plan_mod.plan(t, tmp_path)
+    assert parsed == []  # before: every plan read every row again (10,000 tasks x 10,000 rows)

@@ -47,3 +47,52 @@ def test_requeued_task_does_not_duplicate_its_row_but_a_failed_one_is_retried(tm
     rows, _ = read_rows(tmp_path, "concurrency")
     assert [(r["status"], r["metrics"]["writer"]) for r in rows] == [("failed", 0), ("ok", 1)]
     assert len({row_key(r) for r in rows}) == 1
+
+
+def test_the_done_check_reads_a_rows_file_once_per_change_not_once_per_task(tmp_path, monkeypatch):
+    from pic_bench.report import results
+
+    for seed in range(50):
+        assert append_row(fake_row(seed, 0), tmp_path)
+    parsed = []
+    real = json.loads
+
+    def counting(text, *a, **kw):
+        parsed.append(1)
+        return real(text, *a, **kw)
+
+    monkeypatch.setattr(results.json, "loads", counting)
+    asked = [results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", seed) for seed in range(100)]
+    assert asked == [True] * 50 + [False] * 50
+    assert len(parsed) == 50  # before: 100 tasks x 50 rows parsed
+    append_row(fake_row(70, 0), tmp_path)  # a row lands: the next check sees it
+    parsed.clear()
+    assert results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", 70)
+    assert not results.has_row(tmp_path, "concurrency", "pic", "smoke", "abc123", 71)
+    assert len(parsed) == 51
+
+
+def test_ok_keys_is_the_plain_scan_of_the_valid_rows_on_random_files(tmp_path):
+    """The done-check's cached index against its reference (read_rows, then the ok rows' keys), on fresh random
+    files mixing ok and failed rows, unknown statuses, string seeds, other ablations' rows and broken lines."""
+    import random
+
+    from pic_bench.report import results
+
+    rng = random.Random()
+    path = rows_file(tmp_path, "concurrency")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        lines = []
+        for _ in range(rng.randint(0, 60)):
+            row = {**fake_row(rng.randint(0, 9), 0, rng.choice(["ok", "ok", "failed", "OK", "skipped"])),
+                   "padding": "", "config_hash": rng.choice(["a", "b"])}
+            row[rng.choice(["seed", "ablation", "kind", "preset", "x"])] = rng.choice(
+                [str(rng.randint(0, 9)), "other", rng.randint(0, 9), None, True])
+            lines.append(rng.choice([json.dumps(row), json.dumps(row), json.dumps(row)[:30], "[1]", ""]))
+        path.write_text("".join(line + "\n" for line in lines))
+        results._DONE.clear()  # a rewrite of the same size within the clock's tick would look unchanged
+        rows, problems = read_rows(tmp_path, "concurrency")
+        assert results.ok_keys(tmp_path, "concurrency") == {row_key(r) for r in rows if r["status"] == "ok"}
+        assert [(p.line, p.reason) for p in results.row_problems(tmp_path, "concurrency")] == \
+               [(p.line, p.reason) for p in problems]

@@ -258,9 +258,12 @@ def test_shipped_cluster_file_loads():
     assert cc.ranks == 1 and cc.time_min * 60 > cc.signal_delay_s + launch.STARTUP_S
 
 
-def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path, capsys):
+def test_status_names_failed_lost_and_missing_tasks_with_reason_and_log(tmp_path, capsys, monkeypatch):
     from pic_bench.report.results import append_row, make_row
 
+    monkeypatch.chdir(tmp_path)  # the logs the jobs wrote, where the manifest says (only logs that exist are named)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "999990_0_0_log.err").write_text("")
     abl_path = write_ablation(tmp_path)
     results = tmp_path / "results"
     a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
@@ -297,6 +300,10 @@ def test_status_shows_the_training_job_an_evaluation_waits_for_and_a_dead_evalua
                                     "job_id": f"{array}_{i}", "array_id": array,
                                     "stderr": f"logs/{array}_{i}_0_log.err",
                                     "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    monkeypatch.chdir(tmp_path)  # the training jobs' logs (only logs that exist are named)
+    (tmp_path / "logs").mkdir()
+    for i in (0, 1):
+        (tmp_path / "logs" / f"777_{i}_0_log.err").write_text("")
     monkeypatch.setattr(status, "queue_states", lambda *a, **k: {
         "777_0": ("RUNNING", "None"), "778_0": ("PENDING", "Dependency"),
         "778_1": ("PENDING", "DependencyNeverSatisfied")})
@@ -307,6 +314,64 @@ def test_status_shows_the_training_job_an_evaluation_waits_for_and_a_dead_evalua
             "778_0 starts when it succeeds | logs/777_0_0_log.err |") in out
     assert ("| smoke | pic | pic.correction=True | 0 | failed | training job 777_1 ended without training the "
             "cell; evaluation job 778_1 can never start | logs/777_1_0_log.err |") in out
+
+
+def test_status_tells_an_evaluation_array_sbatch_refused_from_a_task_never_submitted(tmp_path, monkeypatch, capsys):
+    """sbatch takes the training array and refuses the evaluation array (its eval: section asks for too much)."""
+    scripts_dir = tmp_path / "scripts"
+    scripts_dir.mkdir()
+    fake_bin(tmp_path, monkeypatch, sinfo="printf 'debug*\\n'\n", squeue="echo '4242_0|RUNNING|None'\n",
+             sacct="exit 0\n",
+             sbatch=f"n=$(ls {scripts_dir} | wc -l)\nif [ $n -ge 1 ]; then echo 'sbatch: error: Memory specification "
+                    f"can not be satisfied' >&2; exit 1; fi\ncp \"$1\" {scripts_dir}/$n.sh\n"
+                    "echo \"Submitted batch job $((4242 + n))\"\n")
+    code, err = submit_with(tmp_path, "partition: debug\neval: {mem_gb: 100000}\n", f"folder={tmp_path / 'logs'}",
+                            capsys=capsys)
+    assert code == 2 and "sbatch refused the eval job array" in err, err
+    results = tmp_path / "results"
+    assert status.main([str(tmp_path / "slurm_ci.yaml"), "smoke", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    pic = [line for line in out.splitlines() if line.startswith("| smoke | pic |")]
+    assert len(pic) == 2
+    for line in pic:  # before: "missing | never submitted", though its training job is running
+        assert "| refused | sbatch refused its evaluation array: Memory specification can not be satisfied; its " \
+               "training job 4242_" in line and "running the same command again submits it" in line
+        assert "never submitted" not in line
+    assert "2 refused" in out
+    baselines = [line for line in out.splitlines() if line.startswith("| smoke | baseline")]
+    assert baselines and all("| missing | never submitted |" in line for line in baselines)  # never reached sbatch
+
+
+def test_status_names_a_failed_training_jobs_own_log_and_no_log_that_does_not_exist(tmp_path, capsys, monkeypatch):
+    from pic_bench.report.results import append_row, make_row
+
+    abl_path = write_ablation(tmp_path)
+    results = tmp_path / "results"
+    a, b = run.expand(load_ablation(abl_path), "smoke", {}, str(results), baselines=False)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = launch.manifest_file(results, "slurm_ci")
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for stage, array in (("train", "777"), ("eval", "778")):
+            for i, t in enumerate((a, b)):
+                f.write(json.dumps({"key": launch.task_key(t), "name": t.name, "cell": t.cell, "stage": stage,
+                                    "job_id": f"{array}_{i}", "array_id": array,
+                                    "stderr": str(logs / f"{array}_{i}_0_log.err"),
+                                    "submitted": "2000-01-01T00:00:00+0000"}) + "\n")
+    (logs / "777_0_0_log.err").write_text("NonFiniteLoss: non-finite loss nan at step 3\n")  # a's training ran
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "777")  # the failed row as a's training task writes it
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    append_row(make_row(a.ablation, a.preset, a.cell, a.cfg, "failed", {}, {"index_digest": a.digest}, "cpu",
+                        error="NonFiniteLoss: non-finite loss nan at step 3"), results)
+    monkeypatch.setattr(status, "queue_states", lambda *a, **k: {})  # the evaluation jobs were cancelled
+    monkeypatch.setattr(status, "accounting_states", lambda *a, **k: {})
+    assert status.main([str(abl_path), "--results", str(results), "--preset", "smoke", "--no-baselines"]) == 0
+    out = capsys.readouterr().out
+    # before: logs/778_0_0_log.err, the evaluation job's log, which never existed
+    assert f"| failed | NonFiniteLoss: non-finite loss nan at step 3 | {logs / '777_0_0_log.err'} |" in out
+    lost = next(line for line in out.splitlines() if "| lost |" in line)
+    assert lost.endswith("|  |") and "778_1_0_log.err" not in out  # b left no log: none is named
 
 
 # ---- the preemption path of one array task, in-process (what submitit does on SIGUSR2, minus the requeue)

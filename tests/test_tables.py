@@ -179,6 +179,66 @@ def test_malformed_and_truncated_rows_are_reported_by_file_and_line(tmp_path, ca
     assert "pic.K=256" not in md.split("## Published reference")[0]  # the truncated row is not half-used
 
 
+def test_a_row_of_another_ablation_appended_to_a_rows_file_is_a_problem_line_not_a_value(tmp_path, capsys):
+    good = [make("negatives_k", {"pic.K": 0}, s, 80.0 + s, 70.0) for s in range(3)]
+    stray = make("components", {"pic.K": 0}, 2, 1.0, 1.0)  # same cell and seed, another ablation's row
+    write_rows(tmp_path, "negatives_k", good + [stray])
+    md = tables.build_table("negatives_k", tmp_path, write=False)
+    default = line_starting(md, "| pic.K=0 (default) | pic | 3 |")
+    assert "81.00 ± 1.00" in default and "80.00, 81.00, 82.00" in default  # before: seed 2 read 1.00
+    assert "more than one row" not in md
+    assert "rows/negatives_k.jsonl:4: a row of ablation 'components'" in md
+    assert "negatives_k.jsonl:4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"status": "OK"}, "status 'OK' is not one of ok, failed, skipped"),
+    ({"seed": "2"}, "field 'seed' is \"2\", not an integer"),
+    ({"seed": True}, "field 'seed' is true, not an integer"),
+    ({"metrics": [1, 2]}, "field 'metrics' is [1, 2], not an object"),
+    ({"cell": "pic.K=0"}, "field 'cell' is \"pic.K=0\", not an object or null"),
+    ({"config_hash": None}, "field 'config_hash' is null, not a string"),
+    ({"status": None}, "field 'status' is null, not a string"),
+    ({"config": {"pic": 3}}, "field 'config' is not a config"),
+    ({"metrics": None, "seed": None, "status": None}, "field"),
+])
+def test_a_line_that_is_not_a_valid_row_is_a_problem_line_and_stops_nothing(tmp_path, capsys, change, why):
+    from pic_bench.suite.status import task_states
+
+    good = [make("negatives_k", {"pic.K": 0}, s, 80.0 + s, 70.0) for s in range(3)]
+    other = make("negatives_k", {"pic.K": 0}, 2, 11.0, 11.0)
+    other.update(change)
+    gone = {k: v for k, v in good[0].items() if k != "preset"}
+    write_rows(tmp_path, "negatives_k", good + [other, gone], ["[1, 2]\n"])
+    assert tables.main(["--results", str(tmp_path)]) == 0  # before: a TypeError, or the row silently used/lost
+    md = (tmp_path / "tables" / "negatives_k.md").read_text()
+    assert f"rows/negatives_k.jsonl:4: {why}" in md
+    assert "rows/negatives_k.jsonl:5: missing field(s) ['preset']" in md
+    assert "rows/negatives_k.jsonl:6: not a row (a JSON list" in md
+    assert "80.00, 81.00, 82.00" in line_starting(md, "| pic.K=0 (default) | pic | 3 |")
+    assert "11.00" not in md
+    states = task_states("negatives_k", tmp_path)  # status reads the same rows
+    assert sorted(s["seed"] for s in states) == [0, 1, 2] and {s["state"] for s in states} == {"done"}
+
+
+def test_a_later_success_supersedes_the_failure_of_its_cell(tmp_path):
+    from pic_bench.suite.status import task_states
+
+    failed = make("negatives_k", {"pic.K": 0}, 1, 0.0, 0.0, status="failed", metrics={})
+    failed["error"] = "OSError: [Errno 28] No space left on device"
+    still = make("negatives_k", {"pic.K": 0}, 2, 0.0, 0.0, status="failed", metrics={})
+    still["error"] = "non-finite loss"
+    rows = [make("negatives_k", {"pic.K": 0}, 0, 80.0, 70.0), failed, still,
+            make("negatives_k", {"pic.K": 0}, 1, 81.0, 70.0)]  # the rerun of seed 1, after space was freed
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=False)
+    assert "No space left" not in md  # before: listed under problems beside the successful row
+    assert "seed 2: non-finite loss" in md  # a failure not followed by a success stays
+    assert "| pic.K=0 (default) | pic | 2 | 80.50 ± 0.71 |" in md
+    states = {s["seed"]: s["state"] for s in task_states("negatives_k", tmp_path)}
+    assert states == {0: "done", 1: "done", 2: "failed"}
+
+
 def test_mismatched_configs_for_one_cell_are_reported_not_averaged(tmp_path):
     rows = [make("negatives_k", {"pic.K": 256}, 0, 80.0, 70.0),
             make("negatives_k", {"pic.K": 256}, 1, 90.0, 75.0, extra={"pic.tau": 0.5}),  # same cell, other config

@@ -2,5 +2,6 @@
 
 ``evaluate`` holds the protocols and their resumable progress; ``backbone`` saves and loads trained backbones.
 
-May import: ``pic_bench.config``, ``pic_bench.data``, ``pic_bench.pic`` (the network and the rank split).
+May import: ``pic_bench.config``, ``pic_bench.files``, ``pic_bench.data``, ``pic_bench.pic`` (the network and the
+rank split).
 """

@@ -21,13 +21,13 @@ The projection head and the instance classifier w are not part of the backbone a
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..files import write_atomic
 from ..pic.model import backbone
 
 FORMAT = "pic_bench.backbone"  # the file format's tag (the module moved to pic_bench.eval.backbone)
@@ -43,14 +43,13 @@ def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_backbone(model: nn.Module, cfg: ModelConfig, channels: int, path: str | Path) -> Path:
     """Writes the backbone of ``model`` (built from ``cfg`` for ``channels``-channel images) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     inner = getattr(model, "module", model)
     meta = {"format": FORMAT, "version": VERSION, "arch": cfg.arch, "model": dataclasses.asdict(cfg),
             "channels": int(channels), "feat_dim": int(inner.feat_dim)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"pic_bench": meta, "state_dict": backbone_state(model)}, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-write never leaves a truncated backbone under the final name
-    return path
+    state = {"pic_bench": meta, "state_dict": backbone_state(model)}
+    # atomic: a kill or a full disk mid-write never leaves a truncated backbone under the final name, nor a .tmp;
+    # a failed write is a WriteError naming the file
+    return write_atomic(path, lambda f: torch.save(state, f))
 
 
 class Backbone(nn.Module):

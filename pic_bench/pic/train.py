@@ -46,6 +46,7 @@ import torch
 
 from . import distributed, head
 from ..config import Config, ConfigError
+from ..files import write_atomic, write_error
 from ..data import Batch
 from ..data.loaders import build_loader
 from ..data.sources import Source, load_source
@@ -269,10 +270,10 @@ class Trainer:
         if not self.dist.is_main:  # ranks hold identical state; rank 0 writes it
             return
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+        # atomic: a kill or a full disk mid-save leaves the previous checkpoint intact and no .tmp; a failed write
+        # is a WriteError naming the file (not torch's "enforce fail at inline_container.cc")
+        state = self.state_dict()
+        write_atomic(path, lambda f: torch.save(state, f), tmp=path.with_suffix(".tmp"))
 
     def save_all(self, path: Path) -> None:
         """A collective save: rank 0 writes, the others wait for the write only (then all may read it)."""
@@ -468,10 +469,15 @@ class _Curve:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file():
             keep = [line for line in self.path.read_text().splitlines() if _curve_step(line) <= step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
-        self.f = open(self.path, "a", encoding="utf-8")
+            text = "".join(line + "\n" for line in keep).encode("utf-8")
+            write_atomic(self.path, lambda f: f.write(text), tmp=self.path.with_suffix(".tmp"))
+        try:
+            self.f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            err = write_error(self.path, e)
+            if err is None:  # not the disk: a bug, as it was
+                raise
+            raise err from e
         self.tb = None
         if tensorboard:
             try:
@@ -482,8 +488,14 @@ class _Curve:
                 self.tb = SummaryWriter(str(self.path.with_suffix(".tb")), purge_step=step + 1)
 
     def write(self, step: int, loss: float, lr: float, wall_s: float) -> None:
-        self.f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "wall_s": round(wall_s, 3)}) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "wall_s": round(wall_s, 3)}) + "\n")
+            self.f.flush()
+        except OSError as e:  # a full disk: the file named, not a bare "[Errno 28]"
+            err = write_error(self.path, e)
+            if err is None:  # not the disk: a bug, as it was
+                raise
+            raise err from e
         if self.tb is not None:
             self.tb.add_scalar("loss", loss, step)
             self.tb.add_scalar("lr", lr, step)

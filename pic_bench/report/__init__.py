@@ -3,5 +3,6 @@
 ``results`` (rows, their files and provenance), ``machine`` (what a row ran on), ``tables``, ``plots``,
 ``compare``.
 
-May import: ``pic_bench.config`` and ``pic_bench.reference`` (published numbers). Never the method or the suite.
+May import: ``pic_bench.config``, ``pic_bench.files`` (writes that say which file failed) and ``pic_bench.reference``
+(published numbers). Never the method or the suite.
 """

@@ -5,7 +5,9 @@ many SLURM array tasks can finish at once without interleaving; a row whose key 
 preset, config hash, seed, data digest) is already present with status ok is not written again, so a requeued
 task never duplicates its row. A half-written last line (a node that died mid-write) is moved to
 ``<ablation>.jsonl.quarantine`` before the next row is appended, so every complete row stays readable.
-``read_rows`` returns the valid rows and reports malformed lines by file and line number.
+``read_rows`` returns the valid rows and reports every other line (malformed JSON, a missing field or a wrong type,
+an unknown status, a row of another ablation) by file and line number; ``drop_superseded`` leaves out the failures
+of cells that have since succeeded; ``has_row`` answers from ``ok_keys``, which reads a rows file once per change.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import Config, config_hash, to_dict, with_added_keys
+from ..files import write_error
 from .machine import machine_info
 
 DEFAULT_RESULTS = Path("results")
@@ -186,30 +189,43 @@ def append_row(row: dict[str, Any], results_dir: Path = DEFAULT_RESULTS, replace
     """Appends ``row`` unless a successful row with the same key exists. Returns whether it was written.
 
     The check and the append happen under one exclusive lock, so concurrent writers never duplicate a row; a
-    half-written last line left by a killed writer is quarantined first (``_repair_tail``).
+    half-written last line left by a killed writer is quarantined first (``_repair_tail``). A write that fails (a
+    full disk: ENOSPC, EDQUOT; a read-only folder: EROFS) cuts what it wrote of the line and raises
+    ``files.WriteError`` naming the rows file and the reason.
     """
     path = rows_file(results_dir, row["ablation"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0)
-            data = _repair_tail(f, path, f.read())
-            key = row_key(row)
-            for raw in data.splitlines():
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: what a failed write left is known and cut
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                data = _repair_tail(f, path, f.read())
+                key = row_key(row)
+                for raw in data.splitlines():
+                    try:
+                        old = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(old, dict) and row_key(old) == key and old.get("status") == "ok":
+                        return False
                 try:
-                    old = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(old, dict) and row_key(old) == key and old.get("status") == "ok":
-                    return False
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-            return True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+                    rest = memoryview(line)
+                    while rest:
+                        rest = rest[f.write(rest):]
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(len(data))  # the part of the line written before the disk filled: cut again
+                    raise
+                return True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError as e:  # a full disk, a read-only folder, a quota: the file and the reason, one line
+        err = write_error(path, e)
+        if err is None:  # not the disk: a bug, as it was
+            raise
+        raise err from e
 
 
 @dataclass
@@ -217,43 +233,162 @@ class RowProblem:
     file: str
     line: int
     reason: str
+    key: tuple | None = None  # the cell the line names, where it names one (a row that is not valid)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
 
 
 REQUIRED = ("ablation", "preset", "config_hash", "seed", "status", "metrics", "config")
+# ok and failed: a run; skipped: an analysis point not measured (scaling's arms beyond memory, see suite/analysis)
+STATUSES = ("ok", "failed", "skipped")
+# the type of every field the suite reads from a row (None: the field may be null)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "ablation": (str,), "preset": (str,), "config_hash": (str,), "seed": (int,), "status": (str,),
+    "metrics": (dict,), "config": (dict,), "kind": (str,), "cell": (dict, type(None)), "error": (str, type(None)),
+    "derived": (dict, type(None)), "data": (dict, type(None)), "time": (str, type(None)),
+}
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer",
+                                                         "dict": "an object"}[t.__name__] for t in types)
+
+
+def row_problem(row: Any, ablation: str | None = None) -> str | None:
+    """Why a parsed line is not a valid row of ``ablation``'s rows file (None: it is one).
+
+    A valid row has every ``REQUIRED`` field, each field of ``FIELD_TYPES`` of its type (a seed is an integer, not
+    "7" nor true), a status of ``STATUSES`` and, read from ``<ablation>.jsonl``, that ablation: a row of another
+    ablation appended to the file is never one of its values."""
+    if not isinstance(row, dict):
+        return f"not a row (a JSON {type(row).__name__}, not an object)"
+    missing = [k for k in REQUIRED if k not in row]
+    if missing:
+        return f"missing field(s) {missing}"
+    for k, types in FIELD_TYPES.items():
+        v = row.get(k, None if type(None) in types else types[0]())
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            return f"field {k!r} is {json.dumps(v, default=str)[:60]}, not {_names(types)}"
+    if any(not isinstance(v, dict) for v in row["config"].values()):
+        return "field 'config' is not a config (each section an object)"
+    if row["status"] not in STATUSES:
+        return f"status {row['status']!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(row_digest(row), (str, type(None))):
+        return "its data digest is not a string"
+    if ablation is not None and row["ablation"] != ablation:
+        return (f"a row of ablation {row['ablation']!r} in the rows file of {ablation!r} (each ablation's rows "
+                "are only read from its own file)")
+    return None
+
+
+def _key_of(row: Any) -> tuple | None:
+    """The cell a line that is not a valid row names, where it names one (for saying why that cell runs again)."""
+    try:
+        key = row_key(row)
+        hash(key)
+        return key
+    except Exception:  # noqa: BLE001 - a line too broken to name a cell
+        return None
+
+
+def scan_rows(path: Path, ablation: str | None = None):
+    """(line number, row, None) for each valid row of a rows file and (line number, None, RowProblem) for each
+    other non-blank line. ``ablation``: the file's ablation (default: its name)."""
+    ablation = Path(path).name.removesuffix(".jsonl") if ablation is None else ablation
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                yield n, None, RowProblem(str(path), n, f"malformed JSON ({e.msg})")
+                continue
+            why = row_problem(row, ablation)
+            if why is None:
+                yield n, row, None
+            else:
+                yield n, None, RowProblem(str(path), n, why, _key_of(row))
 
 
 def read_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None
               ) -> tuple[list[dict[str, Any]], list[RowProblem]]:
-    """All valid rows (of one ablation, or all) and the problems found, by file and line."""
+    """All valid rows (of one ablation, or all) and the problems found, by file and line.
+
+    Each file is ``<ablation>.jsonl`` and gives only rows of that ablation; a line that is not a valid row
+    (``row_problem``: malformed JSON, a missing field, a wrong type, an unknown status, another ablation's row) is
+    a problem, never a row."""
     rows, problems = [], []
     folder = Path(results_dir) / "rows"
     files = sorted(folder.glob("*.jsonl")) if ablation is None else [rows_file(results_dir, ablation)]
     for path in files:
         if not path.is_file():
             continue
-        with open(path, encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    problems.append(RowProblem(str(path), n, f"malformed JSON ({e.msg})"))
-                    continue
-                missing = [k for k in REQUIRED if k not in row] if isinstance(row, dict) else list(REQUIRED)
-                if missing:
-                    problems.append(RowProblem(str(path), n, f"missing field(s) {missing}"))
-                    continue
-                row["config"] = with_added_keys(row["config"])  # keys added since it was written: what it ran
-                rows.append(row)
+        for _, row, problem in scan_rows(path):
+            if problem is not None:
+                problems.append(problem)
+                continue
+            row["config"] = with_added_keys(row["config"])  # keys added since it was written: what it ran
+            rows.append(row)
     return rows, problems
+
+
+def drop_superseded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows without the failures of a cell that also has an ok row (a rerun that succeeded after the failure:
+    the failure no longer explains anything). Order is kept; ok rows and failures of cells without an ok row stay."""
+    ok = {row_key(r) for r in rows if r.get("status") == "ok"}
+    return [r for r in rows if r.get("status") != "failed" or row_key(r) not in ok]
+
+
+# rows file -> (its stat signature, the keys of its ok rows, its problems): read again only when it changed
+_DONE: dict[str, tuple[tuple, frozenset, list[RowProblem]]] = {}
+
+
+def _done_index(results_dir: Path, ablation: str) -> tuple[frozenset, list[RowProblem]]:
+    path = rows_file(results_dir, ablation)
+    try:
+        st = path.stat()
+    except OSError:
+        return frozenset(), []
+    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    name = str(path.resolve())
+    if name not in _DONE or _DONE[name][0] != sig:
+        keys, problems = set(), []
+        for _, row, problem in scan_rows(path, ablation):
+            if problem is not None:
+                problems.append(problem)
+            elif row["status"] == "ok":
+                keys.add(row_key(row))
+        _DONE[name] = (sig, frozenset(keys), problems)
+    return _DONE[name][1], _DONE[name][2]
+
+
+def ok_keys(results_dir: Path, ablation: str) -> frozenset:
+    """The keys (``row_key``) of the ok rows of an ablation's rows file. The file is read once and again only
+    when it has changed (its inode, size or modification time), so the done-check of a 10,000-task sweep reads it
+    once, not per task. Rows files only grow (``append_row``); a hand edit that keeps the size within one tick of
+    the filesystem's clock would read as unchanged until the next row lands."""
+    return _done_index(Path(results_dir), ablation)[0]
+
+
+def row_problems(results_dir: Path, ablation: str) -> list[RowProblem]:
+    """The lines of an ablation's rows file that are not valid rows (read with ``ok_keys``, from the same cache)."""
+    return _done_index(Path(results_dir), ablation)[1]
+
+
+def problem_notes(results_dir: Path, ablation: str, keys: set[tuple], most: int = 20) -> list[str]:
+    """One line per line of an ablation's rows file that is not a valid row (at most ``most``, then a count), each
+    saying, where it names one of ``keys`` (the tasks about to run) without an ok row, that its cell runs again."""
+    done = ok_keys(results_dir, ablation)
+    out = []
+    for p in row_problems(results_dir, ablation):
+        again = p.key is not None and p.key in keys and p.key not in done
+        out.append(f"{p}" + ("; its cell has no valid ok row, so it runs again" if again else ""))
+    return out[:most] + ([f"... and {len(out) - most} more such line(s)"] if len(out) > most else [])
 
 
 def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str, seed: int,
             digest: str | None = None) -> bool:
     """Whether an ok row of this key exists (``digest`` None: rows that record no data digest, as analyses)."""
-    rows, _ = read_rows(results_dir, ablation)
-    return any(row_key(r) == (ablation, kind, preset, chash, seed, digest) and r["status"] == "ok" for r in rows)
+    return (ablation, kind, preset, chash, seed, digest) in ok_keys(results_dir, ablation)

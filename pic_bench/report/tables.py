@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import reference
 from ..config import canonical_cell
-from .results import DEFAULT_RESULTS, read_rows
+from .results import DEFAULT_RESULTS, drop_superseded, read_rows
 
 # Two-sided 95% Student t quantiles, df = 1..30 (beyond: 1.96).
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -690,6 +690,7 @@ def build_table(ablation, results_dir: Path = DEFAULT_RESULTS, preset: str | Non
     if not missing_ok:
         require_rows(name, abl, results_dir)
     rows, bad = read_rows(results_dir, name)
+    rows = drop_superseded(rows)  # a cell that failed, then succeeded: its failure is no longer a problem
     problems = [f"{_relative(p.file, results_dir)}:{p.line}: {p.reason}" for p in bad]
     for p in bad:
         print(f"warning: {p}", file=sys.stderr)

@@ -20,8 +20,10 @@ only SIGTERM: periodic checkpoints (``checkpoint_every`` steps) bound what is lo
 Only SLURM's own time-limit signal counts against ``max_requeues``: a USR2 that comes earlier than
 ``time_min x 60 - signal_delay_s - SIGNAL_SLACK_S`` into the segment is a preemption (submitit alone calls every
 USR2 of a job shorter than 50 minutes a time-out); a USR2 that arrives while the first is being handled is
-ignored. An sbatch refusal is one ``error:`` line with sbatch's words; ``status`` shows why a job ended from
-its log ("timed-out too many times", the exception line).
+ignored. An sbatch refusal is one ``error:`` line with sbatch's words, recorded per task in
+``results/slurm/<ablation>.refused.jsonl`` (never in the manifest of submissions), so ``status`` tells an array
+sbatch refused (an evaluation array after its training array went in, say) from a task never submitted; ``status``
+shows why a job ended from its log ("timed-out too many times", the exception line).
 """
 from __future__ import annotations
 
@@ -460,6 +462,37 @@ def read_manifest(results_dir: Path, ablation: str, stage: str = "final") -> dic
     return latest
 
 
+def refusals_file(results_dir: Path, ablation: str) -> Path:
+    return Path(results_dir) / "slurm" / f"{ablation}.refused.jsonl"
+
+
+def record_refusal(tasks: list[Task], stage: str, said: str, results_dir: Path) -> None:
+    """One line per task of an array sbatch refused: its key, stage, sbatch's words and the time."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    by_file: dict[Path, list[str]] = {}
+    for t in tasks:
+        by_file.setdefault(refusals_file(results_dir, t.ablation), []).append(json.dumps(
+            {"key": task_key(t), "name": t.name, "cell": t.cell, "stage": stage, "refused": said, "time": now}))
+    for path, lines in by_file.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+
+def read_refusals(results_dir: Path, ablation: str) -> dict[tuple, dict[str, Any]]:
+    """The latest refusal of every task key of an ablation ({"stage", "refused", "time", ...})."""
+    path = refusals_file(results_dir, ablation)
+    latest: dict[tuple, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                e = json.loads(line)
+                latest[tuple(e["key"])] = e
+            except (ValueError, KeyError, TypeError):
+                continue
+    return latest
+
+
 def never_starts(state: tuple[str, str]) -> bool:
     """A pending job whose dependency can no longer be met (its training task failed or was cancelled)."""
     return state[0] == "PENDING" and "DependencyNeverSatisfied" in state[1]
@@ -486,6 +519,10 @@ def _submit_array(tasks: list[Task], cc: ClusterConfig, stage: str, results_dir:
         # sbatch's own words (memory beyond any node, an unknown flag, ...), one line; nothing more is queued
         said = "; ".join(line.strip().removeprefix("sbatch: error: ").strip()
                          for line in str(e).strip().splitlines() if line.strip()) or type(e).__name__
+        try:
+            record_refusal(tasks, stage, said, results_dir)  # for status: refused, not "never submitted"
+        except OSError:
+            pass  # the error line below still says it
         raise SbatchRefused(f"sbatch refused the {stage} job array ({len(tasks)} task(s); settings from "
                             f"{cluster_path or 'the defaults'} and --slurm): {said}") from None
     array_id = jobs[0].job_id.split("_")[0]

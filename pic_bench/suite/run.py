@@ -28,8 +28,8 @@ from typing import Any
 
 from ..report import compare
 from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds, to_dict)
-from ..report.results import DEFAULT_RESULTS, has_row, rows_file
+                     parse_cli_overrides, parse_seeds, plain_sections)
+from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
 
@@ -101,7 +101,8 @@ def same_run_warnings(cells: list[tuple[dict[str, Any], Config]]) -> list[str]:
         if N is None or cfg.pic.K == 0:
             continue
         samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
-        key = json.dumps(to_dict(apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run")), sort_keys=True)
+        same = apply(cfg, {"pic.K": min(cfg.pic.K, samples)}, "same run")
+        key = json.dumps(plain_sections(same), sort_keys=True)  # to_dict's content, without its deep copy
         groups.setdefault(key, []).append(f"'{cell_label(cell)}'")
         at[key] = N
     out = []
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
             for t in tasks:  # each task's identity names its data: read it now, not after the first step
                 t.key
+            for line in problem_notes(Path(args.results), abl.name, {t.key for t in tasks}):
+                print(f"warning: {line}", file=sys.stderr)  # lines of the rows file that are not rows: named
             listing = []
             if args.dry_run:
                 from . import plan
@@ -323,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..report.tables import build_table
 
     # the file itself, not its name: a file outside ablations/ still gives its default cell and Δ
-    print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
+    try:
+        print(build_table(Path(abl.path), Path(args.results), preset=preset, write=True))
+    except OSError as e:  # a full or read-only results folder: the rows are kept; the table is not written
+        print(f"error: the table of {abl.name} could not be written: {e}", file=sys.stderr)
+        return 1
     if Path(args.results).resolve() != Path(compare.COMMITTED).resolve():
         keys = {(t.kind, t.preset, config_hash(t.cfg), t.cfg.run.seed) for t in tasks}
         text = compare.report(abl.name, Path(args.results), keys)

@@ -7,9 +7,12 @@
 States, from the most to the least certain source: ``done`` (an ok row landed), ``running`` / ``pending``
 (squeue lists its job, with SLURM's reason), ``failed`` (a failed row, with its error, or a job that SLURM or
 sacct reports ended without a row, with its state), ``lost`` (submitted, not queued, no row, no accounting),
-``missing`` (never submitted). A cell evaluated in its own task shows its training job until training ends,
-then its evaluation job; an evaluation whose training failed is ``failed`` (it can never start). Failed tasks show their log path; running the submit command again resubmits
-the failed, lost and missing ones. A running task shows the latest step and loss of its loss curve.
+``refused`` (sbatch refused its array, in sbatch's words; for an evaluation refused after its training array went
+in, that training job), ``missing`` (never submitted, or only its training). A cell evaluated in its own task shows
+its training job until training ends, then its evaluation job; an evaluation whose training failed is ``failed``
+(it can never start). Failed tasks show their log path, only where the log exists, and the training job's log when
+training wrote the failed row; running the submit command again resubmits the failed, lost, refused and missing
+ones. A running task shows the latest step and loss of its loss curve.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
-from .launch import ACTIVE, accounting_states, never_starts, queue_states, read_manifest
+from .launch import ACTIVE, accounting_states, never_starts, queue_states, read_manifest, read_refusals
 from ..report.results import DEFAULT_RESULTS, read_rows, row_key
 
 
@@ -56,6 +59,17 @@ def latest_step(curve: str | Path | None) -> str:
     return f"step {last.get('step')} loss {last.get('loss', float('nan')):.4f}"
 
 
+STAGE_WORDS = {"eval": "evaluation", "train": "training", "all": "training", "baseline": "baseline"}
+
+
+def row_job(row: dict[str, Any]) -> str | None:
+    """The SLURM job that wrote a row, spelt as the manifest spells it ("<array>_<task>", or a plain job id)."""
+    job, task = row.get("slurm_job_id"), row.get("slurm_array_task_id")
+    if not job:
+        return None
+    return f"{job}_{task}" if task not in (None, "") else str(job)
+
+
 def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | None = None,
                 curves: dict[tuple, Path] | None = None) -> list[dict[str, Any]]:
     """One dict per task key (from submissions, rows and ``expected``: key -> cell): key, kind, preset, seed,
@@ -65,13 +79,14 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
     rows, _ = read_rows(results_dir, ablation)
     manifest = read_manifest(results_dir, ablation)  # the job that ends with the row (evaluation, baseline, ...)
     trainings = read_manifest(results_dir, ablation, stage="train")  # a cell's training job, where it has one
+    refusals = read_refusals(results_dir, ablation)  # arrays sbatch refused, per task: not "never submitted"
     ok = {row_key(r): r for r in rows if r["status"] == "ok"}
     failed: dict[tuple, dict] = {}
     for r in rows:
         if r["status"] != "ok":
             failed[row_key(r)] = r  # the latest failed row of a key
-    keys = list(dict.fromkeys([*expected, *manifest, *ok, *failed]))
-    queue = queue_states() if manifest else {}
+    keys = list(dict.fromkeys([*expected, *manifest, *ok, *failed, *refusals]))
+    queue = queue_states() if manifest or trainings else {}
     acct = accounting_states([e["job_id"] for k, e in manifest.items() if k not in ok]) if manifest else {}
     out = []
     for key in keys:
@@ -110,9 +125,24 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
             s["detail"] += f", {at}" if at else ""
             if e.get("stage") == "eval" and s["detail"].startswith("training"):
                 s["detail"] += f"; evaluation job {job} starts when it succeeds"
+        elif key in refusals and refusals[key].get("time", "") >= e.get("submitted", "") and not (
+                key in failed and failed[key].get("time", "") >= refusals[key].get("time", "")):
+            rf, tr = refusals[key], trainings.get(key, {})
+            stage = rf.get("stage")
+            s["state"] = "refused"
+            s["detail"] = f"sbatch refused its {STAGE_WORDS.get(stage, stage)} array: {rf.get('refused')}"
+            tjob = tr.get("job_id")
+            if stage == "eval" and tjob:
+                st = queue[tjob][0] if tjob in queue else "not queued"
+                s["detail"] += f"; its training job {tjob} was submitted ({st})"
+            s["detail"] += "; running the same command again submits it"
+            s["job"], s["log"] = (tjob, tr.get("stderr")) if stage == "eval" else (None, None)
         elif key in failed and (not e or failed[key].get("time", "") >= e.get("submitted", "")):
             s["state"] = "failed"
             s["detail"] = (failed[key].get("error") or "failed row").strip().splitlines()[0][:200]
+            tr = trainings.get(key, {})
+            if tr.get("job_id") and row_job(failed[key]) == tr["job_id"]:
+                s["log"] = tr.get("stderr")  # the training job wrote the failed row: its log, not the evaluation's
         elif job and job in acct and acct[job][0] not in ACTIVE:
             s["state"] = "failed"
             why = log_reason(e.get("stderr"), e.get("stdout"))
@@ -123,9 +153,19 @@ def task_states(ablation: str, results_dir: Path, expected: dict[tuple, dict] | 
             why = log_reason(e.get("stderr"), e.get("stdout"))
             s["detail"] = f"job {job} is not queued and left no row" + (
                 f"; its log says: {why}" if why else " (no accounting record)")
+        elif key in trainings:
+            tr = trainings[key]
+            s["state"] = "missing"
+            s["detail"] = (f"training job {tr.get('job_id')} was submitted, its evaluation never was; running the "
+                           "same command again submits it")
+            s["log"] = tr.get("stderr")
         else:
             s["state"] = "missing"
             s["detail"] = "never submitted"
+        # only a log that exists: a job that never ran (cancelled, its dependency never met) wrote none; then the
+        # training job's, where the cell had one
+        s["log"] = next((p for p in (s["log"], trainings.get(key, {}).get("stderr")) if p and Path(p).is_file()),
+                        None)
         out.append(s)
     return out
 
@@ -134,7 +174,7 @@ def format_states(states: list[dict[str, Any]]) -> str:
     lines = ["| preset | kind | cell | seed | state | detail | log |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in states:
         cell = ", ".join(f"{k}={v}" for k, v in s["cell"].items()) or "default"
-        log = s["log"] if s["state"] in ("failed", "lost", "running") and s["log"] else ""
+        log = s["log"] if s["state"] in ("failed", "lost", "running", "refused", "missing") and s["log"] else ""
         lines.append(f"| {s['preset']} | {s['kind']} | {cell} | {s['seed']} | {s['state']} | {s['detail']} | {log} |")
     counts = Counter(s["state"] for s in states)
     lines.append("")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from ..config import Config, config_hash
 from ..data import sources as data_sources
 from ..data.probe import probe
+from ..files import WriteError, write_atomic, write_error
 from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
@@ -101,14 +102,19 @@ class Task:
     def digest(self) -> str:
         return data_digest(self.cfg)
 
+    @functools.cached_property
+    def chash(self) -> str:
+        """``config_hash(self.cfg)``, once per task (a 10,000-task sweep asks for its key and name ~7 times each)."""
+        return config_hash(self.cfg)
+
     @property
     def key(self) -> tuple:
         """The same tuple as ``results.row_key`` of this task's row."""
-        return (self.ablation, self.kind, self.preset, config_hash(self.cfg), self.cfg.run.seed, self.digest)
+        return (self.ablation, self.kind, self.preset, self.chash, self.cfg.run.seed, self.digest)
 
     @property
     def name(self) -> str:
-        return (f"{self.ablation}/{self.kind}/{self.preset}/{config_hash(self.cfg)}-{short_digest(self.digest)}"
+        return (f"{self.ablation}/{self.kind}/{self.preset}/{self.chash}-{short_digest(self.digest)}"
                 f"/s{self.cfg.run.seed}")
 
     @property
@@ -160,10 +166,8 @@ def read_trained(task: Task) -> dict[str, Any] | None:
 def write_trained(task: Task, **record: Any) -> None:
     """The trained marker (atomically): ``record`` (step, metrics, backbone, bad, derived) and the time."""
     path = task.trained_marker
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, default=float))
-    os.replace(tmp, path)
+    text = json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, default=float).encode()
+    write_atomic(path, lambda f: f.write(text), tmp=path.with_suffix(".tmp"))
 
 
 class NotTrained(RuntimeError):
@@ -173,11 +177,16 @@ class NotTrained(RuntimeError):
 def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, metrics: dict | None = None
                 ) -> dict[str, Any]:
     error = str(e) if metrics is not None else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+    if isinstance(e, WriteError):  # the file and the reason; not the traceback of torch's own wrapper
+        error = f"{type(e).__name__}: {e}"
     row = make_row(task.ablation, task.preset, task.cell, task.cfg, "failed", metrics or {}, derived, device,
                    error=error, kind=task.kind)
     if task.kind == "pic" and task.curve.is_file():
         row["curve"] = os.path.relpath(task.curve, task.results_dir)  # the loss up to the failure
-    append_row(row, Path(task.results_dir))
+    try:
+        append_row(row, Path(task.results_dir))
+    except WriteError as w:  # the disk that failed the run may refuse its row too: said with the run's error
+        e.add_note(f"its failed row was not written either: {w}")
     return row
 
 
@@ -248,7 +257,8 @@ class CurveWriter:
                             kept.append(line)
                     except (ValueError, KeyError, TypeError):
                         pass  # a line cut by a kill: dropped with the steps after the checkpoint
-            self.path.write_text("".join(line + "\n" for line in kept))
+            text = "".join(line + "\n" for line in kept).encode("utf-8")
+            write_atomic(self.path, lambda f: f.write(text))
 
     def __call__(self, step: int, steps: int, loss: float) -> None:
         if step % self.every and step != steps:
@@ -259,8 +269,14 @@ class CurveWriter:
         line = {"step": step, "loss": mean, "lr": float(self.trainer.lr[step - 1]),
                 "wall_s": round(self.wall0 + time.perf_counter() - self.t0, 3)}
         if self.write:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+            except OSError as e:  # a full disk: the file named, not a bare "[Errno 28]"
+                err = write_error(self.path, e)
+                if err is None:  # not the disk: a bug, as it was
+                    raise
+                raise err from e
         if self.echo:
             print(f"step {step}/{steps} loss {mean:.4f} lr {line['lr']:.4g}", file=sys.stderr, flush=True)
 
@@ -411,10 +427,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
 
 def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -> int:
     """Runs tasks one after another in this process, with a progress bar. Returns the exit code: 0 when every
-    task has an ok row, 1 when some failed (each wrote its failed row; they are listed at the end), 2 when the
-    data that identifies the tasks cannot be read (one ``error:`` line, before any work).
+    task has an ok row, 1 when some failed (each wrote its failed row; they are listed at the end) or a file could
+    not be written, 2 when the data that identifies the tasks cannot be read (one ``error:`` line, before any work).
 
-    A failed task does not stop the sweep (the healthy cells after it still run) unless ``fail_fast``.
+    A failed task does not stop the sweep (the healthy cells after it still run) unless ``fail_fast``; a write
+    that fails (``files.WriteError``: a full disk, a read-only folder, a quota) stops it with one ``error:`` line
+    naming the file and the reason, since every later task would fail the same way.
     """
     from tqdm import tqdm
 
@@ -429,6 +447,7 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
     if len(todo) < len(tasks):
         print(f"skipping {len(tasks) - len(todo)} task(s) whose row already exists", file=sys.stderr)
     failed: list[tuple[Task, str]] = []
+    write_failed = False
     for i, task in enumerate(todo, 1):
         bar = tqdm(total=1, desc=f"[{i}/{len(todo)}] {task.kind} {task.cell or 'default'} s{task.cfg.run.seed}",
                    disable=quiet, leave=False, file=sys.stderr, mininterval=1.0)
@@ -443,6 +462,13 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
             row = run_task(task, progress=progress, echo=False)  # the bar shows step and loss
         except (KeyboardInterrupt, Preempted):
             raise
+        except WriteError as e:  # a full or read-only disk: every later task would fail the same way
+            print(f"error: {task.name} {task.cell or 'default'}: {e}"
+                  + "".join(f"; {n}" for n in getattr(e, "__notes__", []))
+                  + f" (stopping here: free space or fix the folder, then run the same command again)",
+                  file=sys.stderr)
+            write_failed = True
+            break
         except Exception as e:  # noqa: BLE001 - its failed row is written; the sweep goes on
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             failed.append((task, why))
@@ -464,4 +490,4 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
         for task, why in failed:
             print(f"  {task.name} {task.cell or 'default'}: {why}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if write_failed else 0
