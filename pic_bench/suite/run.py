@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..report import compare
-from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds, to_dict)
+from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, check_output_dirs, config_hash,
+                     load_ablation, parse_cli_overrides, parse_seeds, to_dict)
 from ..report.results import DEFAULT_RESULTS, has_row, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
@@ -162,6 +162,32 @@ def check_data(cfg: Config, src: Callable[[str], str]) -> None:
         raise ConfigError(f"{src('data.dataset')}: data.dataset=digits needs scikit-learn: pip install scikit-learn")
 
 
+def check_outputs(results: str | Path, checkpoints: str | Path | None, ablation: str) -> None:
+    """Every folder and file the run writes is writable (or creatable) before any work, in the dry run too
+    (ConfigError naming the flag and the path): --results and its rows/, curves/, tables/, the ablation's rows
+    file, and --checkpoints (None: not used, as by an analysis)."""
+    results = Path(results)
+    dirs = [("--results", results), *(("--results", results / sub) for sub in ("rows", "curves", "tables"))]
+    if checkpoints is not None:
+        dirs.append(("--checkpoints", Path(checkpoints)))
+    check_output_dirs(*dirs)
+    rows = rows_file(results, ablation)
+    if rows.exists() and not (rows.is_file() and os.access(rows, os.W_OK)):
+        raise ConfigError(f"--results {results}: {rows} is not a writable file (its rows are appended there)")
+
+
+def check_knn_bank(cells: list[tuple[dict[str, Any], Config]], src_of: Callable[..., str]) -> None:
+    """eval.knn_k is at most the kNN bank, the N training images the evaluation embeds (from the data, as the
+    task's identity reads it): more neighbours than the bank holds is refused, never clamped in silence."""
+    from .tasks import data_sizes
+
+    for cell, cfg in cells:
+        N = data_sizes(cfg)[0]
+        if cfg.eval.knn_k > N:
+            raise ConfigError(f"{src_of('eval.knn_k', cell)}: eval.knn_k={cfg.eval.knn_k} must be at most the kNN "
+                              f"bank, the N={N} training images of data.dataset={cfg.data.dataset}")
+
+
 def analysis_points(abl: Ablation, preset: str, cli: dict[str, Any]):
     """(name, cell, kind, config) of every point an analysis ablation measures, without measuring it."""
     from . import analysis
@@ -245,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (known: {list(PRESETS)})")
         abl = load_ablation(args.ablation).for_preset(preset)
+        check_outputs(args.results, args.checkpoints if abl.kind == "train" else None, abl.name)
         if args.seeds is not None:
             abl = dataclasses.replace(abl, seeds=parse_seeds(args.seeds))
         abl, cli = abl.narrowed(preset, parse_cli_overrides(rest))
@@ -270,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
             for t in tasks:  # each task's identity names its data: read it now, not after the first step
                 t.key
+            check_knn_bank(cells, lambda k, cell: abl.source(k, preset, cell, cli))
             listing = []
             if args.dry_run:
                 from . import plan
