@@ -19,6 +19,10 @@ An ablation file (``ablations/*.yaml``) holds only what differs from the default
     default_cell: {pic.K: 0}     # the cell other cells are compared against in tables
     seeds: [0, 1, 2]
 
+The file is UTF-8 (a byte-order mark is fine); YAML merge keys share settings between cells
+(``- &base {pic.K: 256}`` then ``- {<<: *base, pic.tau: 0.1}``); a key given twice, also nested and dotted in one
+mapping, is refused.
+
 Derived values (number of instances, iterations) are never written back into the config: see
 ``pic_bench.pic.train.derive``.
 """

@@ -8,7 +8,8 @@
 key=value overrides come after the preset. A key the ablation sweeps narrows the sweep to the given values (a
 value outside it runs as its own cell, labelled with it; ``a,b`` gives several, Hydra's multirun spelling); any
 other key applies to every cell. Seeds come from ``--seeds``, never ``run.seed=``. Everything is validated
-(ranges, the data, the device, K against the preset's batch) before the first step or the first sbatch;
+(ranges, the data, the device, K against the preset's batch, kNN k against the bank, the output folders) before
+the first step or the first sbatch;
 ``--dry-run`` does only that and lists the tasks.
 
 Cells whose row already exists (same ablation, preset, config hash and seed, status ok) are skipped, so running
