@@ -191,7 +191,7 @@ def test_a_dataset_error_at_run_time_is_an_error_line(capsys, tmp_path, monkeypa
 def test_an_image_folder_passes_validation(capsys, tmp_path):
     root = image_folder(tmp_path / "imgs")
     rc, out, err = main(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "eval.knn_k=6",
-                        "--dry-run")  # 6 training images: the kNN bank
+                        "data.num_instances=0", "data.test_size=0", "--dry-run")  # 6 training images, 6 in val/
     assert rc == 0, err
     assert not (root / ".pic_bench_index.txt").exists()  # validation writes nothing into the data
 
@@ -455,3 +455,23 @@ def test_status_on_a_read_only_results_folder_shows_status_and_says_it_cannot_wr
     assert "per-task state" in cap.out and "| done |" in cap.out
     assert "cannot write tables" in cap.err and str(res / "tables") in cap.err
     assert not (res / "tables").exists()
+
+
+@pytest.mark.parametrize("item, must", [
+    ("data.num_instances=100000", ("data.num_instances=100000", "1437 training images", "digits")),
+    ("data.test_size=5000", ("data.test_size=5000", "360 images", "digits")),
+])
+def test_counts_beyond_the_data_are_refused_not_squeezed(capsys, item, must):
+    """digits: 1437 training images, 360 held out (data/sources.py)."""
+    refused(capsys, NEG_K, "smoke", item, "--dry-run", "--seeds", "0", must=(*must, "command line"))
+
+
+def test_a_tiny_image_folder_at_smoke_names_the_count_to_change(capsys, tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    refused(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "--dry-run",
+            must=("data.num_instances=256", "preset 'smoke'", "6 training images", str(root)))
+    refused(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+            "--dry-run", must=("data.test_size=200", "6 images"))
+    rc, _, err = main(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+                      "data.eval_split=train", "eval.knn_k=6", "--dry-run")
+    assert rc == 0, err  # evaluating on the training images: data.test_size plays no part

@@ -8,7 +8,8 @@
 key=value overrides come after the preset. A key the ablation sweeps narrows the sweep to the given values (a
 value outside it runs as its own cell, labelled with it; ``a,b`` gives several, Hydra's multirun spelling); any
 other key applies to every cell. Seeds come from ``--seeds``, never ``run.seed=``. Everything is validated
-(ranges, the data, the device, K against the preset's batch, kNN k against the bank, the output folders) before
+(ranges, the data, the device, K against the preset's batch, counts and kNN k against the data, the
+output folders) before
 the first step or the first sbatch;
 ``--dry-run`` does only that and lists the tasks.
 
@@ -177,13 +178,24 @@ def check_outputs(results: str | Path, checkpoints: str | Path | None, ablation:
         raise ConfigError(f"--results {results}: {rows} is not a writable file (its rows are appended there)")
 
 
-def check_knn_bank(cells: list[tuple[dict[str, Any], Config]], src_of: Callable[..., str]) -> None:
-    """eval.knn_k is at most the kNN bank, the N training images the evaluation embeds (from the data, as the
-    task's identity reads it): more neighbours than the bank holds is refused, never clamped in silence."""
+def check_data_sizes(cells: list[tuple[dict[str, Any], Config]], src_of: Callable[..., str]) -> None:
+    """Counts the data must hold, from the data itself (as the task's identity reads it), refused rather than
+    clamped in silence while the row records the asked-for value: data.num_instances at most the training images,
+    data.test_size at most the evaluation split's images (unless the split is the training set), and eval.knn_k
+    at most the kNN bank, the N training images the evaluation embeds."""
     from .tasks import data_sizes
 
     for cell, cfg in cells:
-        N = data_sizes(cfg)[0]
+        N, test, _ = data_sizes(cfg)
+        d = cfg.data
+        if d.num_instances > N:  # a subset of n >= the images is all of them (sources._subset)
+            raise ConfigError(f"{src_of('data.num_instances', cell)}: data.num_instances={d.num_instances} is more "
+                              f"than the {N} training images of data.dataset={d.dataset}"
+                              f"{' at ' + d.root if d.root else ''} (0 = all)")
+        if d.test_size > test and not (d.dataset == "imagefolder" and d.eval_split == "train"):
+            raise ConfigError(f"{src_of('data.test_size', cell)}: data.test_size={d.test_size} is more than the "
+                              f"{test} images of the evaluation split of data.dataset={d.dataset}"
+                              f"{' at ' + d.root if d.root else ''} (0 = all)")
         if cfg.eval.knn_k > N:
             raise ConfigError(f"{src_of('eval.knn_k', cell)}: eval.knn_k={cfg.eval.knn_k} must be at most the kNN "
                               f"bank, the N={N} training images of data.dataset={cfg.data.dataset}")
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks = expand(abl, preset, cli, args.results, args.checkpoints, baselines=not args.no_baselines)
             for t in tasks:  # each task's identity names its data: read it now, not after the first step
                 t.key
-            check_knn_bank(cells, lambda k, cell: abl.source(k, preset, cell, cli))
+            check_data_sizes(cells, lambda k, cell: abl.source(k, preset, cell, cli))
             listing = []
             if args.dry_run:
                 from . import plan
