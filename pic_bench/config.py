@@ -332,14 +332,21 @@ class StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently) and
     reading `1e6` / `3e-4` as floats (YAML 1.2; 1.1 needs a dot)."""
 
+    def flatten_mapping(self, node):
+        # Merging rewrites node.value (merged pairs first, then the mapping's own): remember the keys written in
+        # the mapping itself, before this or a mapping merging it rewrites them.
+        own = self.__dict__.setdefault("_own_keys", {})
+        own.setdefault(id(node), [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"])
+        super().flatten_mapping(node)
+
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         # YAML merge keys (``<<: *base``) are resolved first, as SafeLoader does: a key written in this mapping
         # overrides a merged one (that is what the merge is for); only keys written here twice are refused.
-        own = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
-        for key_node, _ in own:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # YAML's own error for a non-mapping
+        self.flatten_mapping(node)
+        for key_node in self._own_keys[id(node)]:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if not isinstance(key, typing.Hashable):

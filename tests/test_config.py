@@ -219,3 +219,10 @@ def test_seeds_beyond_what_the_rngs_take_are_refused_and_the_limit_is_what_torch
     from pic_bench.pic.train import seed_everything
 
     seed_everything(SEED_LIMIT - 1)
+
+
+def test_merge_keys_chain_and_list_without_false_duplicates():
+    from pic_bench.config import load_yaml
+
+    got = load_yaml("base: &a {k: 1, j: 1}\nmid: &b {<<: *a, k: 2}\ntop: {<<: *b, j: 3}\nboth: {<<: [*b, *a], j: 4}\n")
+    assert got["mid"] == {"k": 2, "j": 1} and got["top"] == {"k": 2, "j": 3} and got["both"] == {"k": 2, "j": 4}
