@@ -19,6 +19,10 @@ An ablation file (``ablations/*.yaml``) holds only what differs from the default
     default_cell: {pic.K: 0}     # the cell other cells are compared against in tables
     seeds: [0, 1, 2]
 
+The file is UTF-8 (a byte-order mark is fine); YAML merge keys share settings between cells
+(``- &base {pic.K: 256}`` then ``- {<<: *base, pic.tau: 0.1}``); a key given twice, also nested and dotted in one
+mapping, is refused.
+
 Derived values (number of instances, iterations) are never written back into the config: see
 ``pic_bench.pic.train.derive``.
 """
@@ -231,22 +235,27 @@ def _coerce(key: str, value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'pic': {'K': 1}} and {'pic.K': 1} both become {'pic.K': 1}."""
+def flatten(d: dict[str, Any], prefix: str = "", where: str | None = None) -> dict[str, Any]:
+    """{'pic': {'K': 1}} and {'pic.K': 1} both become {'pic.K': 1}.
+
+    One key given twice in one mapping, nested and dotted (``optim: {base_lr: 1}`` beside ``optim.base_lr: 2``),
+    is a ConfigError naming it (and ``where``, the mapping's source, when given): neither value is picked."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
+        part = flatten(v, key + ".", where) if isinstance(v, dict) else {key: v}
+        for fk, fv in part.items():
+            if fk in out:
+                raise ConfigError(f"{where + ': ' if where else ''}key '{fk}' is given twice in one mapping "
+                                  f"(nested and dotted: {out[fk]!r} and {fv!r}); give it once")
+            out[fk] = fv
     return out
 
 
 def apply(cfg: Config, overrides: dict[str, Any], where: str) -> Config:
     """Returns a new config with dotted `overrides` applied; `where` names their source in errors."""
     groups: dict[str, dict[str, Any]] = {}
-    for key, value in flatten(overrides).items():
+    for key, value in flatten(overrides, where=where).items():
         parts = key.split(".")
         if len(parts) != 2 or parts[0] not in _field_types(Config):
             raise ConfigError(f"{where}: unknown config key '{key}' (sections: {list(_field_types(Config))})")
@@ -334,9 +343,21 @@ class StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently) and
     reading `1e6` / `3e-4` as floats (YAML 1.2; 1.1 needs a dot)."""
 
+    def flatten_mapping(self, node):
+        # Merging rewrites node.value (merged pairs first, then the mapping's own): remember the keys written in
+        # the mapping itself, before this or a mapping merging it rewrites them.
+        own = self.__dict__.setdefault("_own_keys", {})
+        own.setdefault(id(node), [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"])
+        super().flatten_mapping(node)
+
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        # YAML merge keys (``<<: *base``) are resolved first, as SafeLoader does: a key written in this mapping
+        # overrides a merged one (that is what the merge is for); only keys written here twice are refused.
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep=deep)  # YAML's own error for a non-mapping
+        self.flatten_mapping(node)
+        for key_node in self._own_keys[id(node)]:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if not isinstance(key, typing.Hashable):
@@ -354,6 +375,30 @@ StrictLoader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
+_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32-BE"), (b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\xfe\xff", "UTF-16-BE"),
+         (b"\xff\xfe", "UTF-16-LE"))
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """A config file's text: UTF-8, with or without a byte-order mark. Anything else (UTF-16, UTF-32, Latin-1,
+    Windows-1252, ...) is a ConfigError naming the file and the encoding it looks like, never a silent guess."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            raise ConfigError(f"{path}: the file is {name} (byte-order mark {bom.hex(' ')}); save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        if b"\x00" in data:
+            guess = "UTF-16 or UTF-32 without a byte-order mark (it holds NUL bytes)"
+        else:
+            guess = "an 8-bit encoding such as Latin-1 (ISO-8859-1) or Windows-1252"
+        raise ConfigError(f"{path}: not UTF-8: byte 0x{data[e.start]:02x} at line {line} is not valid UTF-8; the "
+                          f"file looks like {guess}; save it as UTF-8") from None
 
 
 def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
@@ -414,8 +459,10 @@ class Ablation:
         if not plan:
             return self
         return dataclasses.replace(
-            self, sweep=plan.get("sweep", self.sweep), cells=list(plan.get("cells", self.cells)),
-            default_cell=flatten(plan.get("default_cell", self.default_cell)), seeds=plan.get("seeds", self.seeds))
+            self, sweep=plan.get("sweep", self.sweep) or {}, cells=list(plan.get("cells", self.cells) or []),
+            default_cell=flatten(plan.get("default_cell", self.default_cell) or {},
+                                 where=f"{self.path}: presets.{preset}.default_cell"),
+            seeds=plan.get("seeds", self.seeds))
 
     def cell_overrides(self) -> list[dict[str, Any]]:
         """Every cell of the ablation as the dotted overrides that define it, in file order."""
@@ -439,7 +486,7 @@ class Ablation:
         out = []
         for arm in base_cells:
             for combo in itertools.product(*axes):
-                cell: dict[str, Any] = dict(flatten(arm))
+                cell: dict[str, Any] = dict(flatten(arm, where=f"{self.path}: cells"))
                 for part in combo:
                     cell.update(part)
                 out.append(cell)
@@ -492,7 +539,7 @@ class Ablation:
         base = build(preset, self.overrides, self.presets.get(preset, {}), where=self.path)
         cells = self.cell_overrides()
         rest: dict[str, Any] = {}
-        for key, raw in flatten(cli).items():
+        for key, raw in flatten(cli, where="command line").items():
             values = cli_values(key, raw)
             swept = any(key in c for c in cells)
             if swept:
@@ -552,11 +599,16 @@ def read_yaml_mapping(path: Path, missing: str, not_mapping: str, empty: str | N
     """A YAML file that must hold a mapping; every failure is a ConfigError naming the file.
 
     A file that holds nothing (empty or only comments) reads as {}, or is refused with ``empty`` when given.
-    A key given twice is refused with its line."""
+    A key given twice is refused with its line; YAML merge keys (``<<: *base``) are resolved. The file must be
+    UTF-8 (a byte-order mark is fine); another encoding is refused by name (``decode_text``)."""
     if not path.is_file():
         raise ConfigError(missing)
     try:
-        raw = load_yaml(path.read_text())
+        text = decode_text(path, path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        raw = load_yaml(text)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
@@ -573,6 +625,29 @@ def read_yaml_mapping(path: Path, missing: str, not_mapping: str, empty: str | N
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def name_problem(name: Any) -> str:
+    """Why ``name`` cannot name an ablation's files (<results>/rows/<name>.jsonl, tables/<name>.md), or ''.
+
+    The one rule, used where a file is loaded (``load_ablation``) and where tables are written
+    (``report.tables.resolve``): a non-empty string of letters, digits, '_', '-', '.', not starting with '.'
+    (no hidden file, no '.' or '..'), so nothing is written outside <results> or out of sight."""
+    if not isinstance(name, str):
+        return (f"must be a string, got {type(name).__name__} {name!r} (quote it in YAML: name: '{name}')"
+                if name is not None else "is empty")
+    if not name:
+        return "is empty"
+    if not NAME.match(name) or name.startswith("."):
+        return ("must be a plain file name (letters, digits, '_', '-', '.'; no '/', not starting with '.'): rows "
+                "and tables are written as <results>/rows/<name>.jsonl")
+    return ""
+
+
+# What the random streams accept: torch.manual_seed takes [0, 2**64) and the code seeds side streams with the run
+# seed plus small offsets (train.py: seed + 17, evaluate.py: seed + 31), so the run seed stays below 2**63 (numpy's
+# legacy seed is taken modulo 2**32 in seed_everything; SeedSequence takes any non-negative integer).
+SEED_LIMIT = 2**63
+
+
 def _check_seeds(seeds: Any, where: str) -> list[int]:
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where} must be a list of integers, got {seeds!r}")
@@ -580,7 +655,74 @@ def _check_seeds(seeds: Any, where: str) -> list[int]:
         raise ConfigError(f"{where} is empty: nothing would run (give at least one seed, e.g. [0])")
     if any(s < 0 for s in seeds):
         raise ConfigError(f"{where} must be >= 0, got {[s for s in seeds if s < 0][0]} in {seeds}")
+    if any(s >= SEED_LIMIT for s in seeds):
+        raise ConfigError(f"{where} must be < 2**63 (what torch's seeding takes with the code's offsets), got "
+                          f"{[s for s in seeds if s >= SEED_LIMIT][0]}")
     return seeds
+
+
+def _check_structure(raw: dict[str, Any], path: Path) -> None:
+    """Every structural key of an ablation file has its type (a ConfigError naming the key and the file)."""
+    def mapping(value: Any, where: str) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{path}: {where} must be a mapping of key: value, got {type(value).__name__} "
+                              f"{value!r}")
+
+    def plan(block: dict[str, Any], at: str) -> None:
+        sweep = block.get("sweep")
+        mapping(sweep, f"{at}sweep")
+        for key, values in (sweep or {}).items():
+            if not isinstance(key, str) or not isinstance(values, list) or not values:
+                raise ConfigError(f"{path}: {at}sweep '{key}' must be a non-empty list of values, got {values!r}")
+        cells = block.get("cells")
+        if cells is not None and not isinstance(cells, list):
+            raise ConfigError(f"{path}: {at}cells must be a list of mappings ('- {{pic.K: 512}}'), got "
+                              f"{type(cells).__name__} {cells!r}")
+        for i, cell in enumerate(cells or []):
+            if not isinstance(cell, dict):
+                raise ConfigError(f"{path}: {at}cells[{i}] must be a mapping of key: value, got "
+                                  f"{type(cell).__name__} {cell!r}")
+        mapping(block.get("default_cell"), f"{at}default_cell")
+
+    mapping(raw.get("overrides"), "overrides")
+    mapping(raw.get("presets"), "presets")
+    plan(raw, "")
+    for p, block in (raw.get("presets") or {}).items():
+        mapping(block, f"presets.{p}")
+        plan(block or {}, f"presets.{p}.")
+
+
+def output_dir_problem(path: str | Path) -> str:
+    """Why ``path`` cannot be an output folder, or '': it must be a writable folder, or a path whose nearest
+    existing parent is a writable folder (it is created there). Nothing is created or written here.
+
+    Writable means ``os.access(W_OK | X_OK)``, which also reports a read-only file system (EROFS)."""
+    import os
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            return f"{probe} is a dangling symbolic link"
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return (f"{probe} is a file, not a folder" if probe == path else
+                f"{probe} is a file, so {path} cannot be created under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return (f"{probe} is not writable" if probe == path else
+                f"{path} does not exist and cannot be created: {probe} is not writable")
+    return ""
+
+
+def check_output_dirs(*dirs: tuple[str, str | Path]) -> None:
+    """(flag, folder) pairs, each checked with ``output_dir_problem``; the first that fails is a ConfigError
+    naming the flag and the folder. Run before any work, in a dry run too."""
+    for flag, folder in dirs:
+        why = output_dir_problem(folder)
+        if why:
+            raise ConfigError(f"{flag} {folder}: not a writable folder: {why}")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -619,6 +761,7 @@ def load_ablation(path: str | Path) -> Ablation:
     unknown = set(raw) - ABLATION_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)} (known: {sorted(ABLATION_KEYS)})")
+    _check_structure(raw, path)
     presets = raw.get("presets") or {}
     plans: dict[str, dict[str, Any]] = {}
     for p in list(presets):
@@ -633,15 +776,16 @@ def load_ablation(path: str | Path) -> Ablation:
     kind = raw.get("kind", "train")
     if kind not in ("train", "analysis"):
         raise ConfigError(f"{path}: 'kind' must be train or analysis, got {kind!r}")
-    name = str(raw.get("name", path.stem))
+    name = raw.get("name", path.stem)
     # The name becomes file names under --results (rows/<name>.jsonl, tables/<name>.md): nothing may escape it.
-    if not NAME.match(name) or ".." in name:
-        raise ConfigError(f"{path}: name {name!r} must be a plain file name (letters, digits, '_', '-', '.'; "
-                          "no '/', no '..'): rows and tables are written as <results>/rows/<name>.jsonl")
+    why = name_problem(name)
+    if why:
+        raise ConfigError(f"{path}: name {name!r} {why}")
     abl = Ablation(
-        name=name, path=str(path), overrides=flatten(raw.get("overrides") or {}),
-        presets={k: flatten(v or {}) for k, v in presets.items()}, sweep=raw.get("sweep") or {},
-        cells=list(raw.get("cells") or []), default_cell=flatten(raw.get("default_cell") or {}),
+        name=name, path=str(path), overrides=flatten(raw.get("overrides") or {}, where=f"{path}: overrides"),
+        presets={k: flatten(v or {}, where=f"{path}: presets.{k}") for k, v in presets.items()},
+        sweep=raw.get("sweep") or {}, cells=list(raw.get("cells") or []),
+        default_cell=flatten(raw.get("default_cell") or {}, where=f"{path}: default_cell"),
         seeds=seeds, kind=kind, plans=plans)
     # Check every key now, at every preset, so a typo fails at load time and names the file.
     for p in PRESETS:
@@ -686,10 +830,27 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
     for key, low in at_least.items():
         if get_value(cfg, key) < low:
             refuse(key, f"must be >= {low}{notes.get(key, '')}")
-    for key in ("eval.knn_t", "optim.epochs", "optim.base_lr", "pic.tau"):
+    for key in ("eval.knn_t", "optim.epochs", "optim.base_lr", "pic.tau", "eval.linear_lr"):
         if get_value(cfg, key) <= 0:
             refuse(key, "must be > 0")
+    for key in ("optim.momentum", "eval.sgd_momentum"):  # SGD momentum: 1 or more never forgets, grows
+        if not 0 <= get_value(cfg, key) < 1:
+            refuse(key, "must be in [0, 1)")
+    for key in ("optim.weight_decay", "eval.sgd_weight_decay"):
+        if get_value(cfg, key) < 0:
+            refuse(key, "must be >= 0 (0 = none)")
     p, o, d = cfg.pic, cfg.optim, cfg.data
+    if o.warmup_epochs > o.epochs:  # the schedule would cut the warm-up short (train.lr_schedule): no squeeze
+        refuse("optim.warmup_epochs", f"must be <= optim.epochs={o.epochs} (from {src('optim.epochs')}): the "
+               "warm-up has to fit in the run")
+    if cfg.eval.sgd_warmup_epochs > cfg.eval.sgd_epochs:
+        refuse("eval.sgd_warmup_epochs", f"must be <= eval.sgd_epochs={cfg.eval.sgd_epochs} (from "
+               f"{src('eval.sgd_epochs')}): the warm-up has to fit in the run")
+    if p.w_init_std < 0 or (p.w_init_std == 0 and p.softmax == "cosine"):
+        refuse("pic.w_init_std", "must be > 0 with pic.softmax=cosine (a zero row has no direction), >= 0 "
+               "otherwise")
+    if not 0 <= cfg.run.seed < SEED_LIMIT:
+        refuse("run.seed", "must be in [0, 2**63) (torch's seeding with the code's offsets)")
     if d.small_views > 0 and d.small_size < 1:
         refuse("data.small_size", f"must be >= 1 with data.small_views={d.small_views}")
     if o.batch_size < 2:

@@ -92,7 +92,7 @@ def test_every_file_passes_the_dry_run_at_every_preset(path, preset, tmp_path, c
                 (tmp_path / "imagenet" / split / c).mkdir(parents=True)
                 (tmp_path / "imagenet" / split / c / "0.jpg").write_bytes(
                     encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)))
-        extra = [f"data.root={tmp_path / 'imagenet'}"]
+        extra = [f"data.root={tmp_path / 'imagenet'}", "eval.knn_k=2"]  # kNN k at most the bank: 2 images
     rc = run.main([str(path), preset, "--dry-run", "--results", str(tmp_path / "res"), *extra])
     cap = capsys.readouterr()
     assert rc == 0, cap.err

@@ -135,3 +135,123 @@ def test_plain_sections_is_to_dict_on_random_configs():
         fast, ref = plain_sections(cfg), to_dict(cfg)
         assert json.dumps(fast, sort_keys=True) == json.dumps(ref, sort_keys=True)
         assert list(fast) == list(ref) and all(list(fast[s]) == list(ref[s]) for s in ref)
+# ------------------------------------------------------------------------------------- issue 22: what is read
+ABL_TEXT = "name: enc\n# K of the recent negatives, 'épreuve'\nsweep: {pic.K: [64, 0]}\nseeds: [0]\n"
+
+
+def test_an_ablation_file_in_utf8_with_or_without_a_bom_loads(tmp_path):
+    for i, data in enumerate((ABL_TEXT.encode("utf-8"), b"\xef\xbb\xbf" + ABL_TEXT.encode("utf-8"))):
+        f = tmp_path / f"u{i}.yaml"
+        f.write_bytes(data)
+        a = load_ablation(f)
+        assert a.name == "enc" and [c["pic.K"] for c in a.cell_overrides()] == [64, 0]
+
+
+@pytest.mark.parametrize("codec, named", [
+    ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32"),
+    ("latin-1", "Latin-1"), ("cp1252", "Windows-1252"),
+])
+def test_an_ablation_file_in_another_encoding_is_refused_naming_file_and_encoding(tmp_path, codec, named):
+    f = tmp_path / "enc.yaml"
+    f.write_bytes(ABL_TEXT.encode(codec))
+    with pytest.raises(ConfigError) as e:
+        load_ablation(f)
+    assert str(f) in str(e.value) and named in str(e.value) and "UTF-8" in str(e.value)
+
+
+def test_yaml_merge_keys_share_settings_between_cells(tmp_path):
+    f = tmp_path / "m.yaml"
+    f.write_text("name: m\ncells:\n  - &base {pic.K: 64, pic.tau: 0.1}\n  - {<<: *base, pic.correction: false}\n"
+                 "  - {<<: *base, pic.tau: 0.3}\nseeds: [0]\n")
+    cells = load_ablation(f).cell_overrides()
+    assert cells == [{"pic.K": 64, "pic.tau": 0.1}, {"pic.K": 64, "pic.tau": 0.1, "pic.correction": False},
+                     {"pic.K": 64, "pic.tau": 0.3}]  # a key written beside the merge overrides the merged one
+
+
+def test_the_strict_loader_still_refuses_real_duplicates_beside_a_merge(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("name: d\ncells:\n  - &base {pic.K: 64}\n  - <<: *base\n    pic.tau: 0.1\n    pic.tau: 0.2\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml.*duplicate key 'pic\.tau' at line 6"):
+        load_ablation(f)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: n\noverrides:\n  optim: {base_lr: 1}\n  optim.base_lr: 2\n", "overrides"),
+    ("name: n\ncells:\n  - {optim: {base_lr: 1}, optim.base_lr: 2}\n", "cells"),
+    ("name: n\ndefault_cell: {pic: {K: 0}, pic.K: 0}\nsweep: {pic.K: [0]}\n", "default_cell"),
+    ("name: n\npresets:\n  smoke: {pic: {tau: 0.1}, pic.tau: 0.3}\n", "presets.smoke"),
+])
+def test_a_key_given_nested_and_dotted_in_one_mapping_is_refused(tmp_path, text, where):
+    f = tmp_path / "n.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_ablation(f)
+    msg = str(e.value)
+    assert str(f) in msg and where in msg and "given twice" in msg
+
+
+def test_nested_and_dotted_on_the_command_line_too():
+    with pytest.raises(ConfigError, match="command line.*'optim.base_lr' is given twice"):
+        apply(Config(), {"optim": {"base_lr": 1.0}, "optim.base_lr": 2.0}, "command line")
+
+
+@pytest.mark.parametrize("name", ["", None, True, 3, ".", "..", ".hidden", "a/b", "x y", "../up"])
+def test_the_name_rule_refuses_what_tables_could_not_write(name):
+    from pic_bench.config import name_problem
+    from pic_bench.report.tables import TableError, resolve
+
+    assert name_problem(name)
+    if isinstance(name, str):  # the table writer applies the same rule to a bare name ('a/b' reads as a path)
+        with pytest.raises((TableError, ConfigError)):
+            resolve(name)
+
+
+@pytest.mark.parametrize("name", ["negatives_k", "a.b-c_1", "T2"])
+def test_the_name_rule_takes_plain_names(name):
+    from pic_bench.config import name_problem
+
+    assert name_problem(name) == ""
+
+
+@pytest.mark.parametrize("key, bad, good", [
+    ("optim.momentum", [1.0, 1.5, -0.1], [0.0, 0.99]), ("eval.sgd_momentum", [1.0, -0.5], [0.0, 0.9]),
+    ("optim.weight_decay", [-1e-4], [0.0, 5e-4]), ("eval.sgd_weight_decay", [-1.0], [0.0]),
+    ("eval.linear_lr", [0.0, -1.0], [1e-3]), ("eval.sgd_lr", [0.0, -30.0], [30.0]),
+    ("optim.warmup_epochs", [1.5, 1000.0], [0.0, 1.0]), ("eval.sgd_warmup_epochs", [101.0], [100.0]),
+    ("pic.w_init_std", [-0.01, 0.0], [0.01]), ("run.seed", [-1, 2**63, 2**64], [0, 2**63 - 1]),
+])
+def test_value_ranges_name_key_value_and_origin(key, bad, good):
+    """smoke: optim.epochs=1, eval.sgd_epochs=100."""
+    base = build("smoke")
+    for v in bad:
+        with pytest.raises(ConfigError) as e:
+            validate(apply(base, {key: v}, "t"), where="origin-x")
+        assert f"{key}={v}" in str(e.value) and "origin-x" in str(e.value)
+    for v in good:
+        validate(apply(base, {key: v}, "t"))
+
+
+def test_a_zero_classifier_init_is_fine_for_the_plain_softmax():
+    validate(build("smoke", {"pic.softmax": "plain", "pic.w_init_std": 0.0}))
+
+
+def test_seeds_beyond_what_the_rngs_take_are_refused_and_the_limit_is_what_torch_takes():
+    import torch
+
+    from pic_bench.config import SEED_LIMIT, parse_seeds
+
+    with pytest.raises(ConfigError, match=r"--seeds 18446744073709551616.*2\*\*63"):
+        parse_seeds(str(2**64))
+    assert parse_seeds(str(SEED_LIMIT - 1)) == [SEED_LIMIT - 1]
+    # the largest seed passes every seeding the code does: torch with the evaluation's offset (+31)
+    torch.Generator().manual_seed(SEED_LIMIT - 1 + 31)
+    from pic_bench.pic.train import seed_everything
+
+    seed_everything(SEED_LIMIT - 1)
+
+
+def test_merge_keys_chain_and_list_without_false_duplicates():
+    from pic_bench.config import load_yaml
+
+    got = load_yaml("base: &a {k: 1, j: 1}\nmid: &b {<<: *a, k: 2}\ntop: {<<: *b, j: 3}\nboth: {<<: [*b, *a], j: 4}\n")
+    assert got["mid"] == {"k": 2, "j": 1} and got["top"] == {"k": 2, "j": 3} and got["both"] == {"k": 2, "j": 4}

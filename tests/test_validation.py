@@ -190,7 +190,8 @@ def test_a_dataset_error_at_run_time_is_an_error_line(capsys, tmp_path, monkeypa
 
 def test_an_image_folder_passes_validation(capsys, tmp_path):
     root = image_folder(tmp_path / "imgs")
-    rc, out, err = main(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "--dry-run")
+    rc, out, err = main(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "eval.knn_k=6",
+                        "data.num_instances=0", "data.test_size=0", "--dry-run")  # 6 training images, 6 in val/
     assert rc == 0, err
     assert not (root / ".pic_bench_index.txt").exists()  # validation writes nothing into the data
 
@@ -279,3 +280,198 @@ def test_every_shipped_file_loads_and_validates_at_every_preset():
             for _, cfg in abl.for_preset(p).resolve(p):
                 validate(cfg)
                 assert math.isfinite(cfg.optim.epochs)
+
+
+# ------------------------------------------------------------------------ issue 22: files, structure, names
+@pytest.mark.parametrize("codec, named", [("utf-16", "UTF-16"), ("latin-1", "Latin-1")])
+def test_an_ablation_file_not_in_utf8_is_one_error_line(capsys, tmp_path, codec, named):
+    f = tmp_path / "abl.yaml"
+    f.write_bytes("name: enc  # café\nseeds: [0]\n".encode(codec))
+    refused(capsys, f, "smoke", "--dry-run", must=("abl.yaml", named))
+
+
+def test_an_ablation_file_with_a_bom_and_merge_keys_runs_its_dry_run(capsys, tmp_path):
+    f = tmp_path / "abl.yaml"
+    f.write_bytes(b"\xef\xbb\xbf" + textwrap.dedent("""\
+        name: merged
+        cells:
+          - &base {pic.K: 64, pic.tau: 0.1}
+          - {<<: *base, pic.tau: 0.3}
+        seeds: [0]
+        """).encode())
+    rc, out, err = main(capsys, f, "smoke", "--dry-run", "--no-baselines", "--results", tmp_path / "res")
+    assert rc == 0, err
+    assert out.count("todo") == 2 and "pic.tau': 0.3" in out
+
+
+STRUCTURE_CASES = [
+    ("cells: 'pic.K=64'\n", "cells"), ("cells: {pic.K: 64}\n", "cells"), ("cells: [64]\n", "cells[0]"),
+    ("sweep: [pic.K, 64]\n", "sweep"), ("sweep: {pic.K: 64}\n", "sweep 'pic.K'"), ("overrides: [pic.K]\n", "overrides"),
+    ("presets: [smoke]\n", "presets"), ("presets: {smoke: fast}\n", "presets.smoke"),
+    ("presets:\n  smoke: {cells: 'x'}\n", "presets.smoke.cells"), ("default_cell: [pic.K]\n", "default_cell"),
+    ("overrides:\n  optim: {base_lr: 1}\n  optim.base_lr: 2\n", "optim.base_lr"),
+]
+
+
+@pytest.mark.parametrize("text, key", STRUCTURE_CASES, ids=[c[0].strip() for c in STRUCTURE_CASES])
+def test_every_structural_key_of_the_wrong_type_is_one_error_line(capsys, tmp_path, text, key):
+    refused(capsys, write(tmp_path, "name: s\nseeds: [0]\n" + text), "smoke", "--dry-run", must=("abl.yaml", key))
+
+
+@pytest.mark.parametrize("line", ["name:", "name: ''", "name: true", "name: .", "name: .hidden", "name: 12"])
+def test_a_name_the_tables_would_refuse_is_refused_at_validation(capsys, tmp_path, line):
+    res = tmp_path / "res"
+    refused(capsys, write(tmp_path, line + "\nseeds: [0]\n"), "smoke", "--dry-run", "--results", res,
+            must=("abl.yaml", "name"))
+    refused(capsys, write(tmp_path, line + "\nseeds: [0]\n"), "smoke", "--no-baselines", "--results", res,
+            "--checkpoints", tmp_path / "ck", "-q", must=("abl.yaml", "name"))
+    assert not res.exists()
+
+
+# ------------------------------------------------------------------------------------- issue 22: value ranges
+RANGE_CASES_22 = [
+    ("optim.momentum=1.5", "[0, 1)"), ("optim.momentum=-0.1", "[0, 1)"), ("optim.momentum=1", "[0, 1)"),
+    ("eval.sgd_momentum=1", "[0, 1)"), ("optim.weight_decay=-0.0001", ">= 0"), ("eval.sgd_weight_decay=-1", ">= 0"),
+    ("eval.linear_lr=0", "> 0"), ("eval.linear_lr=-1", "> 0"), ("eval.sgd_lr=-30", "> 0"),
+    ("optim.warmup_epochs=1000", "optim.epochs=1.0"), ("eval.sgd_warmup_epochs=500", "eval.sgd_epochs=100"),
+    ("pic.w_init_std=-0.01", "> 0"),
+]
+
+
+@pytest.mark.parametrize("item, why", RANGE_CASES_22, ids=[c[0] for c in RANGE_CASES_22])
+def test_issue_22_ranges_are_checked_at_the_dry_run(capsys, item, why):
+    line = refused(capsys, NEG_K, "smoke", item, "--dry-run", "--seeds", "0")
+    assert item.replace("=1", "=1.0") in line or item in line, line
+    assert "command line" in line and why in line
+
+
+def test_a_warm_up_longer_than_the_run_in_the_file_names_the_file(capsys, tmp_path):
+    f = write(tmp_path, "name: w\noverrides: {optim.warmup_epochs: 3}\nseeds: [0]\n")
+    refused(capsys, f, "smoke", "--dry-run", must=("optim.warmup_epochs=3", "abl.yaml (overrides)", "preset 'smoke'"))
+
+
+def test_knn_k_beyond_the_bank_is_refused_with_the_bank_size(capsys):
+    line = refused(capsys, NEG_K, "smoke", "eval.knn_k=100000", "--dry-run", "--seeds", "0",
+                   must=("eval.knn_k=100000", "command line", "N=256"))
+    assert "digits" in line
+    rc, _, err = main(capsys, NEG_K, "smoke", "eval.knn_k=256", "--dry-run", "--seeds", "0")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64])
+def test_a_seed_beyond_what_the_rngs_take_is_refused_at_the_dry_run(capsys, tmp_path, seed):
+    refused(capsys, NEG_K, "smoke", "--seeds", seed, "--dry-run", must=("--seeds", str(seed), "2**63"))
+    refused(capsys, write(tmp_path, f"name: s\nseeds: [0, {seed}]\n"), "smoke", "--dry-run",
+            must=("abl.yaml", "seeds", str(seed)))
+
+
+# ------------------------------------------------------------------------------------ issue 22: output paths
+def read_only(monkeypatch, *folders: Path) -> None:
+    """Stand-in for a read-only folder (chmod does not stop root; os.access is also what reports EROFS)."""
+    import os
+
+    real = os.access
+    ro = {str(Path(f).resolve()) for f in folders}
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: (str(Path(p).resolve()) not in ro
+                                                                  or not mode & os.W_OK) and real(p, mode, *a, **k))
+
+
+@pytest.mark.parametrize("flag", ["--results", "--checkpoints"])
+@pytest.mark.parametrize("how", ["file", "read-only", "under-a-file", "rows-is-a-file"])
+def test_an_output_folder_that_cannot_be_written_fails_the_dry_run(capsys, tmp_path, monkeypatch, flag, how):
+    target = tmp_path / "out"
+    if how == "file":
+        target.write_text("x")
+    elif how == "read-only":
+        target.mkdir()
+        read_only(monkeypatch, target)
+    elif how == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        target = tmp_path / "f" / "out"
+    else:
+        if flag == "--checkpoints":
+            pytest.skip("rows/ is under --results only")
+        (target / "rows").mkdir(parents=True)
+        (target / "rows" / "negatives_k.jsonl").mkdir()  # the rows file, a folder
+    other = "--checkpoints" if flag == "--results" else "--results"
+    for dry in (("--dry-run",), ()):
+        refused(capsys, NEG_K, "smoke", "--seeds", "0", "--no-baselines", "optim.max_steps=1", *dry,
+                flag, target, other, tmp_path / "other", "-q", must=(flag, str(target)))
+    assert not (tmp_path / "other").exists()
+
+
+def test_output_folders_that_do_not_exist_yet_pass_and_are_not_created(capsys, tmp_path):
+    rc, _, err = main(capsys, NEG_K, "smoke", "--seeds", "0", "--dry-run", "--results", tmp_path / "a" / "b",
+                      "--checkpoints", tmp_path / "c" / "d")
+    assert rc == 0, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_preflight_out_that_cannot_be_written_is_refused_before_any_check(capsys, tmp_path, monkeypatch):
+    from pic_bench.suite import preflight
+
+    def never(*a, **k):
+        raise AssertionError("a check ran")
+
+    monkeypatch.setattr(preflight, "run_checks", never)
+    (tmp_path / "f").write_text("x")
+    assert preflight.main(["--out", str(tmp_path / "f")]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "--out" in lines[0] and str(tmp_path / "f") in lines[0]
+    (tmp_path / "ro").mkdir()
+    read_only(monkeypatch, tmp_path / "ro")
+    assert preflight.main(["--out", str(tmp_path / "ro")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def results_with_rows(tmp_path: Path) -> Path:
+    import shutil
+
+    res = tmp_path / "res"
+    (res / "rows").mkdir(parents=True)
+    shutil.copy(REPO / "results" / "rows" / "negatives_k.jsonl", res / "rows")
+    return res
+
+
+def test_tables_on_a_read_only_results_folder_is_one_error_line(capsys, tmp_path, monkeypatch):
+    from pic_bench.report import tables
+
+    res = results_with_rows(tmp_path)
+    (res / "tables").mkdir()
+    read_only(monkeypatch, res / "tables")
+    assert tables.main(["negatives_k", "--results", str(res), "--no-plots"]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(res / "tables") in lines[0]
+    assert not list((res / "tables").iterdir())
+
+
+def test_status_on_a_read_only_results_folder_shows_status_and_says_it_cannot_write(capsys, tmp_path, monkeypatch):
+    from pic_bench.suite import status
+
+    res = results_with_rows(tmp_path)
+    read_only(monkeypatch, res)
+    assert status.main(["negatives_k", "--results", str(res)]) == 0
+    cap = capsys.readouterr()
+    assert "per-task state" in cap.out and "| done |" in cap.out
+    assert "cannot write tables" in cap.err and str(res / "tables") in cap.err
+    assert not (res / "tables").exists()
+
+
+@pytest.mark.parametrize("item, must", [
+    ("data.num_instances=100000", ("data.num_instances=100000", "1437 training images", "digits")),
+    ("data.test_size=5000", ("data.test_size=5000", "360 images", "digits")),
+])
+def test_counts_beyond_the_data_are_refused_not_squeezed(capsys, item, must):
+    """digits: 1437 training images, 360 held out (data/sources.py)."""
+    refused(capsys, NEG_K, "smoke", item, "--dry-run", "--seeds", "0", must=(*must, "command line"))
+
+
+def test_a_tiny_image_folder_at_smoke_names_the_count_to_change(capsys, tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    refused(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "--dry-run",
+            must=("data.num_instances=256", "preset 'smoke'", "6 training images", str(root)))
+    refused(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+            "--dry-run", must=("data.test_size=200", "6 images"))
+    rc, _, err = main(capsys, NEG_K, "smoke", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+                      "data.eval_split=train", "eval.knn_k=6", "--dry-run")
+    assert rc == 0, err  # evaluating on the training images: data.test_size plays no part

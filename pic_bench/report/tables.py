@@ -640,7 +640,7 @@ def _is_path(arg: str) -> bool:
 def resolve(ablation) -> tuple[str, Any]:
     """(name, Ablation or None) of what ``build_table`` was given: an Ablation (the whole file, not one preset's
     view of it: the table covers every preset that has rows), the path of an ablation file, or a bare name."""
-    from ..config import Ablation, load_ablation
+    from ..config import Ablation, load_ablation, name_problem
 
     if isinstance(ablation, Ablation):
         abl = ablation
@@ -650,9 +650,8 @@ def resolve(ablation) -> tuple[str, Any]:
         abl = None
     name = abl.name if abl is not None else str(ablation)
     where = f"the name in {abl.path}" if abl is not None else "the command line"
-    if not name or Path(name).name != name or name.startswith("."):
-        raise TableError(f"ablation name '{name}' ({where}) is not a plain file name: its tables would be written "
-                         "outside <results>/tables/")
+    if name_problem(name):  # the rule load_ablation applies, so a name that validates is one tables can write
+        raise TableError(f"ablation name '{name}' ({where}) {name_problem(name)}")
     return name, abl if abl is not None else _ablation_file(name)
 
 
@@ -792,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(DEFAULT_RESULTS))
     ap.add_argument("--no-plots", action="store_true", help="write the tables only")
     args = ap.parse_args(argv)
-    from ..config import ConfigError
+    from ..config import ConfigError, check_output_dirs
 
     results = Path(args.results)
     names = args.ablations or sorted(p.stem for p in (results / "rows").glob("*.jsonl"))
@@ -804,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             name, abl = resolve(arg)
             require_rows(name, abl, results)
             plan.append((arg if abl is None else abl, name))
+        check_output_dirs(("--results", results / "tables"))  # before any table is built
     except (TableError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

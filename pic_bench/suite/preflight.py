@@ -438,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
+    from ..config import ConfigError, check_output_dirs
+
+    try:  # before any check runs: a report that cannot be written would waste them all
+        check_output_dirs(("--out", out_dir))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.executor == "slurm":
         return submit(out_dir, args.repeats, args.cluster, args.slurm)
     report = run_checks(args.repeats)

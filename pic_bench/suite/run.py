@@ -8,7 +8,9 @@
 key=value overrides come after the preset. A key the ablation sweeps narrows the sweep to the given values (a
 value outside it runs as its own cell, labelled with it; ``a,b`` gives several, Hydra's multirun spelling); any
 other key applies to every cell. Seeds come from ``--seeds``, never ``run.seed=``. Everything is validated
-(ranges, the data, the device, K against the preset's batch) before the first step or the first sbatch;
+(ranges, the data, the device, K against the preset's batch, counts and kNN k against the data, the
+output folders) before
+the first step or the first sbatch;
 ``--dry-run`` does only that and lists the tasks.
 
 Cells whose row already exists (same ablation, preset, config hash and seed, status ok) are skipped, so running
@@ -24,11 +26,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..report import compare
-from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, config_hash, load_ablation,
-                     parse_cli_overrides, parse_seeds, plain_sections)
+from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, check_output_dirs, config_hash,
+                     load_ablation, parse_cli_overrides, parse_seeds, plain_sections)
 from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
@@ -163,6 +165,43 @@ def check_data(cfg: Config, src: Callable[[str], str]) -> None:
         raise ConfigError(f"{src('data.dataset')}: data.dataset=digits needs scikit-learn: pip install scikit-learn")
 
 
+def check_outputs(results: str | Path, checkpoints: str | Path | None, ablation: str) -> None:
+    """Every folder and file the run writes is writable (or creatable) before any work, in the dry run too
+    (ConfigError naming the flag and the path): --results and its rows/, curves/, tables/, the ablation's rows
+    file, and --checkpoints (None: not used, as by an analysis)."""
+    results = Path(results)
+    dirs = [("--results", results), *(("--results", results / sub) for sub in ("rows", "curves", "tables"))]
+    if checkpoints is not None:
+        dirs.append(("--checkpoints", Path(checkpoints)))
+    check_output_dirs(*dirs)
+    rows = rows_file(results, ablation)
+    if rows.exists() and not (rows.is_file() and os.access(rows, os.W_OK)):
+        raise ConfigError(f"--results {results}: {rows} is not a writable file (its rows are appended there)")
+
+
+def check_data_sizes(cells: list[tuple[dict[str, Any], Config]], src_of: Callable[..., str]) -> None:
+    """Counts the data must hold, from the data itself (as the task's identity reads it), refused rather than
+    clamped in silence while the row records the asked-for value: data.num_instances at most the training images,
+    data.test_size at most the evaluation split's images (unless the split is the training set), and eval.knn_k
+    at most the kNN bank, the N training images the evaluation embeds."""
+    from .tasks import data_sizes
+
+    for cell, cfg in cells:
+        N, test, _ = data_sizes(cfg)
+        d = cfg.data
+        if d.num_instances > N:  # a subset of n >= the images is all of them (sources._subset)
+            raise ConfigError(f"{src_of('data.num_instances', cell)}: data.num_instances={d.num_instances} is more "
+                              f"than the {N} training images of data.dataset={d.dataset}"
+                              f"{' at ' + d.root if d.root else ''} (0 = all)")
+        if d.test_size > test and not (d.dataset == "imagefolder" and d.eval_split == "train"):
+            raise ConfigError(f"{src_of('data.test_size', cell)}: data.test_size={d.test_size} is more than the "
+                              f"{test} images of the evaluation split of data.dataset={d.dataset}"
+                              f"{' at ' + d.root if d.root else ''} (0 = all)")
+        if cfg.eval.knn_k > N:
+            raise ConfigError(f"{src_of('eval.knn_k', cell)}: eval.knn_k={cfg.eval.knn_k} must be at most the kNN "
+                              f"bank, the N={N} training images of data.dataset={cfg.data.dataset}")
+
+
 def analysis_points(abl: Ablation, preset: str, cli: dict[str, Any]):
     """(name, cell, kind, config) of every point an analysis ablation measures, without measuring it."""
     from . import analysis
@@ -246,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' (known: {list(PRESETS)})")
         abl = load_ablation(args.ablation).for_preset(preset)
+        check_outputs(args.results, args.checkpoints if abl.kind == "train" else None, abl.name)
         if args.seeds is not None:
             abl = dataclasses.replace(abl, seeds=parse_seeds(args.seeds))
         abl, cli = abl.narrowed(preset, parse_cli_overrides(rest))
@@ -273,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.key
             for line in problem_notes(Path(args.results), abl.name, {t.key for t in tasks}):
                 print(f"warning: {line}", file=sys.stderr)  # lines of the rows file that are not rows: named
+            check_data_sizes(cells, lambda k, cell: abl.source(k, preset, cell, cli))
             listing = []
             if args.dry_run:
                 from . import plan

@@ -238,9 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {name}: per-task state\n")
     print(format_states(states))
     print()
+    from ..config import output_dir_problem
     from ..report.tables import build_table
 
-    print(build_table(abl if abl is not None else name, results, preset=preset, write=True))  # Δ: its file
+    why = output_dir_problem(results / "tables")  # a read-only results folder still shows its status and table
+    if why:
+        print(f"warning: cannot write tables under {results / 'tables'}: {why}; the table is shown, not written",
+              file=sys.stderr)
+    print(build_table(abl if abl is not None else name, results, preset=preset, write=not why))  # Δ: its file
     return 0
 
 
