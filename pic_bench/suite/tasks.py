@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from ..config import Config, config_hash
 from ..data import sources as data_sources
 from ..data.probe import probe
 from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
+from ..report.timing import measure
 
 
 # data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
@@ -343,9 +343,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         derived["evaluated_after_training"] = True  # in a later process or job than the one that trained
     elif trainer.step:
         derived["resumed_from_step"] = trainer.step
-    # helper C1's Trainer.train(curve=...) writes the file itself where it exists; otherwise our callback does
-    own_curve = "curve" in inspect.signature(trainer.train).parameters
-    curve = CurveWriter(task.curve, trainer, echo=echo, write=not own_curve and trained_here)
+    curve = CurveWriter(task.curve, trainer, echo=echo, write=False)  # Trainer.train(curve=...) writes the file
 
     def on_step(step: int, steps: int, loss: float) -> None:
         curve(step, steps, loss)
@@ -353,8 +351,11 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             progress(step, steps, loss)
 
     try:
-        kw = {"curve": task.curve} if own_curve and trained_here else {}
-        metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step, **kw)
+        with measure(trainer.device) as segment:  # load and CPU share: whether its step times are the code's
+            metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step,
+                                    curve=task.curve if trained_here else None)
+        if trained_here:
+            derived["timing"] = {"segments": [segment]}
         if marker is not None and not trained_here:
             # step times, memory and loss as the training process measured them (this one only loaded it)
             metrics.update(marker["metrics"])
@@ -374,7 +375,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
                 job = {k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_ARRAY_JOB_ID"),
                                                      ("slurm_array_task_id", "SLURM_ARRAY_TASK_ID"),
                                                      ("slurm_job", "SLURM_JOB_ID")) if v in os.environ}
-                kept = {k: derived[k] for k in ("resumed_from_step",) if k in derived}
+                kept = {k: derived[k] for k in ("resumed_from_step", "timing") if k in derived}
                 write_trained(task, step=trainer.step, metrics=metrics, backbone=str(backbone) if backbone else None,
                               bad=bad, derived={**kept, **({"train_job": job} if job else {})})
         if task.stage == "train":

@@ -1,0 +1,85 @@
+"""Timings that can be trusted or say why not (issue 20): the measurer's record, the contention verdict, the row.
+
+    nice -n 10 python3 -m pytest tests/test_timing.py -q
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from pic_bench.config import apply, build
+from pic_bench.report import timing
+from pic_bench.suite.tasks import Task, run_task
+
+KEYS = {"wall_s", "cpu_s", "threads", "cpus", "load_start", "load_end", "gpu_util"}
+
+
+def quiet(**kw) -> dict:
+    seg = {"wall_s": 10.0, "cpu_s": 19.0, "threads": 2, "cpus": 2, "load_start": 1.9, "load_end": 2.1,
+           "gpu_util": None, "device": "cpu"}
+    return {**seg, **kw}
+
+
+def test_the_measurer_records_a_busy_loop():
+    with timing.measure() as seg:
+        x = torch.randn(128, 128)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:  # a busy loop: CPU time accrues with wall time
+            x = torch.tanh(x @ x)
+    assert KEYS <= set(seg)
+    assert seg["threads"] == torch.get_num_threads() and seg["cpus"] == len(os.sched_getaffinity(0))
+    assert seg["wall_s"] >= 0.3 and seg["cpu_s"] > 0
+    assert seg["cpu_s"] <= seg["wall_s"] * seg["cpus"] + 0.05  # a process cannot use more than its cores
+    assert seg["gpu_util"] is None and seg["device"] == "cpu"
+    assert all(isinstance(seg[k], float) for k in ("load_start", "load_end"))
+    # start/stop gives the same record
+    m = timing.Measurer().start()
+    rec = m.stop()
+    assert KEYS <= set(rec) and rec["wall_s"] >= 0
+
+
+def test_the_measurer_fills_its_record_when_the_block_raises():
+    with pytest.raises(ValueError):
+        with timing.measure() as seg:
+            raise ValueError("x")
+    assert KEYS <= set(seg)
+
+
+def test_contention_verdicts():
+    assert timing.segment_contention(quiet()) is None
+    # others on the cores: load 6 on 2 cores, 4 beyond the run's own 2 threads
+    why = timing.segment_contention(quiet(load_end=6.0))
+    assert why and "load 6.0 on 2 cores" in why
+    # a one-thread run leaves a core free: one other process is not contention
+    assert timing.segment_contention(quiet(threads=1, cpu_s=9.5, load_end=2.0)) is None
+    # the process got a fraction of its threads x wall: contended even where the load average lags
+    why = timing.segment_contention(quiet(cpu_s=6.0))
+    assert why and "CPU time 0.60 x wall" in why
+    # on CUDA the CPU share says nothing (the host thread waits on the device)
+    assert timing.segment_contention(quiet(cpu_s=6.0, device="cuda")) is None
+    assert timing.contention({"derived": {}}) == "not recorded"
+    assert timing.contention({"derived": {"timing": {"segments": []}}}) == "not recorded"
+    assert timing.contention({"derived": {"timing": {"segments": [quiet()]}}}) is None
+    two = timing.contention({"derived": {"timing": {"segments": [quiet(), quiet(load_start=7.0)]}}})
+    assert two.startswith("segment 1 of 2: load 7.0")
+
+
+def test_a_trained_row_carries_its_timing_segment(tmp_path):
+    cfg = apply(build("smoke"), {"optim.max_steps": 2, "eval.linear_epochs": 2}, "test")
+    row = run_task(Task("timing", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck")),
+                   echo=False)
+    segs = row["derived"]["timing"]["segments"]
+    assert len(segs) == 1 and KEYS <= set(segs[0]) and segs[0]["wall_s"] > 0
+    verdict = timing.contention(row)
+    assert verdict is None or verdict.startswith(("load", "CPU time"))  # recorded: never "not recorded"
+
+
+def test_bench_warns_on_a_contended_segment(capsys):
+    assert timing.warn_if_contended(quiet(load_end=9.0), "loader dali") is not None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: loader dali measured under contention: load 9.0")
+    assert timing.warn_if_contended(quiet(), "loader dali") is None
+    assert capsys.readouterr().err == ""
