@@ -83,3 +83,54 @@ def test_bench_warns_on_a_contended_segment(capsys):
     assert err.startswith("warning: loader dali measured under contention: load 9.0")
     assert timing.warn_if_contended(quiet(), "loader dali") is None
     assert capsys.readouterr().err == ""
+
+
+def _loaded(monkeypatch):
+    """The machine as a busy one looks: a 1-minute load average of 9 on these cores."""
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+
+
+def test_the_knn_benchmark_records_its_segment_and_warns_under_load(monkeypatch, capsys):
+    from argparse import Namespace
+
+    from pic_bench.bench import eval as bench_eval
+
+    _loaded(monkeypatch)
+    row = bench_eval.bench_knn(torch.device("cpu"), torch.float32, "chunked",
+                               Namespace(knn_train=300, knn_test=20, dim=16))
+    assert KEYS <= set(row["timing"]) and row["timing"]["load_end"] == 9.0
+    assert "warning: knn chunked measured under contention: load 9.0" in capsys.readouterr().err
+
+
+def test_the_loader_benchmark_records_its_segment_and_warns_under_load(monkeypatch, tmp_path, capsys):
+    import json
+
+    from pic_bench.bench import loader
+
+    _loaded(monkeypatch)
+    assert loader.main(["--images", "8", "--batch", "4", "--steps", "1", "--warmup", "1", "--threads", "0",
+                        "--size", "32", "--views", "1", "--loaders", "torchvision", "--out", str(tmp_path)]) == 0
+    rows = json.loads(next(tmp_path.glob("loader-*.json")).read_text())
+    seg = rows[0]["timing"]
+    assert KEYS <= set(seg) and seg["threads"] == 1 and seg["load_start"] == 9.0
+    assert "warning: loader torchvision measured under contention: load 9.0" in capsys.readouterr().err
+
+
+def test_the_scaling_benchmark_records_its_segment_and_warns_under_load(monkeypatch, capsys):
+    from pic_bench.bench import scaling
+
+    _loaded(monkeypatch)
+    arm = next(iter(scaling.ARMS))
+    rows = scaling.head_point(arm, 1000, 64, torch.float32, ("plain",), 2, torch.device("cpu"), B=8, d=16)
+    assert rows and all(KEYS <= set(r["timing"]) for r in rows)
+    assert "measured under contention: load 9.0" in capsys.readouterr().err
+
+
+def test_a_suite_scaling_point_carries_its_timing_segment():
+    from pic_bench.suite.analysis import scaling_cells
+
+    cfg = apply(build("smoke"), {"data.num_instances": 10000, "pic.K": 0, "pic.correction": False}, "test")
+    (_, _, kind, fn), = list(scaling_cells({}, cfg))
+    status, metrics, derived, device, error = fn()
+    assert (kind, status, error) == ("scaling", "ok", None)
+    assert KEYS <= set(derived["timing"]["segments"][0])
