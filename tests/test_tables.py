@@ -577,7 +577,8 @@ def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
     path = outside_ablation(tmp_path)
     write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
     assert status.main([str(path), "--results", str(tmp_path / "res")]) == 0
-    assert "not detected: +2.00 [-0.48, +4.48] p=0.074, effect up to 4.48 (n=3)" in line_starting(capsys.readouterr().out, "| pic.K=256 |")
+    assert "not detected: +2.00 [-0.48, +4.48] p=0.074, effect up to 4.48 (n=3)" in \
+        line_starting(capsys.readouterr().out, "| pic.K=256 |")
 
 
 def test_each_preset_says_which_default_its_change_is_against(tmp_path):

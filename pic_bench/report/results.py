@@ -267,10 +267,11 @@ def load_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None):
         df.groupby(["preset", "cell.pic.K"])["metrics.knn_top1"].agg(["mean", "std", "count"])
 
     Nested fields are flattened with dots: ``config.optim.base_lr``, ``metrics.knn_top1``, ``derived.N``,
-    ``data.digest`` (``row_digest``: older rows have it in ``derived.index_digest``), ``machine.cpu_capability``, ``versions.torch``, ``cell.pic.K``; provenance (``git_sha``,
-    ``git_dirty``, ``device``, ``host``, ``time``) stays at the top level, lists stay lists. Rows come from
-    ``read_rows``, in file order; each line it cannot read is a ``warnings.warn`` naming its file and line, and
-    is listed in ``df.attrs["problems"]`` ("<file>:<line>: <reason>"), never dropped silently.
+    ``data.digest`` (``row_digest``: older rows have it in ``derived.index_digest``), ``machine.cpu_capability``,
+    ``versions.torch``, ``cell.pic.K``; provenance (``git_sha``, ``git_dirty``, ``device``, ``host``, ``time``) stays
+    at the top level, lists stay lists. Rows come from ``read_rows``, in file order; each line it cannot read is a
+    ``warnings.warn`` naming its file and line, and is listed in ``df.attrs["problems"]`` ("<file>:<line>: <reason>"),
+    never dropped silently.
     """
     import warnings
 

@@ -13,25 +13,25 @@ rows, or a file that does not exist, is an ``error:`` line and exit code 2, befo
 The same rows always give the same table bytes.
 
 Training ablations: one table row per (preset, device, kind, cell, config): mean +- std over seeds with n and the
-individual values, the change against the ablation's default cell (seeds paired with the default's by pivoting)
-with its 95% t interval and the paired t-test's p (``pic_bench.report.stats``, on scipy); a change whose interval
-spans 0 is "not detected" and printed with the largest effect its interval allows. Each section states the
-smallest effect its design detects at 80% power (from the sd of its paired differences, pooled) and that the 95%
-half-width is not that figure; where rows record it, the data regime (``derived["regime"]``). Step time,
-throughput and peak memory; a step time measured under contention, or whose row has no timing record
-(``derived["timing"]``, ``pic_bench.report.timing.contention``), is marked † with a footnote saying why and takes
-part in no timing comparison (the scaling table's speed-ups). The published reference beside our value where the
-setting matches it (``pic_bench.reference``). Rows are grouped and aggregated with pandas; Markdown and LaTeX are
-our own writers (pandas' pad every column and need extra libraries), CSV is pandas' writer. Rows are averaged, and compared, only within one section:
-the same preset, device, CPU capability (``row["machine"]["cpu_capability"]``; rows without it are "unrecorded",
-a section of their own) and dataset digest (``row["data"]["digest"]``, or ``derived.index_digest`` in older
-rows), because the same config and seed give other numbers on another machine (issue 13) and on other data. Each
-section names its dataset, N and image size; the smoke preset's says it is a plumbing check. Cells that are the
+individual values, the change against the ablation's default cell (seeds paired with the default's by pivoting) with
+its 95% t interval and the paired t-test's p (``pic_bench.report.stats``, on scipy); a change whose interval spans 0
+is "not detected" and printed with the largest effect its interval allows. Each section states the smallest effect
+its design detects at 80% power (from the sd of its paired differences, pooled) and that the 95% half-width is not
+that figure; where rows record it, the data regime (``derived["regime"]``). Step time, throughput and peak memory; a
+step time measured under contention, or whose row has no timing record (``derived["timing"]``,
+``pic_bench.report.timing.contention``), is marked † with a footnote saying why and takes part in no timing
+comparison (the scaling table's speed-ups). The published reference beside our value where the setting matches it
+(``pic_bench.reference``). Rows are grouped and aggregated with pandas; Markdown and LaTeX are our own writers
+(pandas' pad every column and need extra libraries), CSV is pandas' writer. Rows are averaged, and compared, only
+within one section: the same preset, device, CPU capability (``row["machine"]["cpu_capability"]``; rows without it
+are "unrecorded", a section of their own) and dataset digest (``row["data"]["digest"]``, or ``derived.index_digest``
+in older rows), because the same config and seed give other numbers on another machine (issue 13) and on other data.
+Each section names its dataset, N and image size; the smoke preset's says it is a plumbing check. Cells that are the
 same run in effect (K >= N: both use all N instances, e.g. K = 512 and K = 2048 at N = 256) are flagged with ‡;
-where rows record |U| per step (``metrics.U_mean``), a cell's label shows the mean |U| beside its nominal K.
-Rows that share a cell but differ in config hash are reported and kept apart; malformed lines and failed
-runs are listed with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``,
-see ``pic_bench.suite.analysis``) get their own layout.
+where rows record |U| per step (``metrics.U_mean``), a cell's label shows the mean |U| beside its nominal K. Rows
+that share a cell but differ in config hash are reported and kept apart; malformed lines and failed runs are listed
+with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``, see
+``pic_bench.suite.analysis``) get their own layout.
 
 The default cell: when ``default_cell`` in the ablation file equals one cell's overrides, every cell is compared
 with that cell (``default_cell: {pic.K: 0}``). When it names only some of the swept keys, each cell is compared
@@ -356,7 +356,8 @@ def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference]
 
 
 PAIRED = ("mean of per-seed differences [95% t interval] and the paired t-test's p (seeds paired, n pairs); a change "
-          "whose interval spans 0 is \"not detected\", printed with the largest effect the interval allows (the larger |bound|)")
+          "whose interval spans 0 is \"not detected\", printed with the largest effect the interval allows "
+          "(the larger |bound|)")
 
 
 def default_note(name: str, table: list[dict[str, Any]], default_cell: dict[str, Any] | None,
@@ -498,7 +499,8 @@ def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], pro
             lines.append(
                 f"| {_md(_label(t))} | {t['kind']} | {t['n']} | {_pm(t['knn_top1_mean'], t['knn_top1_std'])} | "
                 f"{_pm(t['linear_top1_mean'], t['linear_top1_std'])} | "
-                f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_step(t)} | {_fmt(t['images_per_s'], 0)} | {_fmt(t['peak_mem_mib'], 0)} | "
+                f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_step(t)} | {_fmt(t['images_per_s'], 0)} | "
+                f"{_fmt(t['peak_mem_mib'], 0)} | "
                 f"{', '.join(_fmt(v) for v in t['knn_top1'])} | {', '.join(_fmt(v) for v in t['linear_top1'])} |")
         lines.append("")
         lines += _same_run_lines(ts) + timing_lines(ts) + mde_lines(ts)
@@ -520,7 +522,8 @@ def _problem_lines(warnings: list[str], problems: list[str]) -> list[str]:
 CSV_COLS = ["preset", "device", "cpu_capability", "digest", "dataset", "N", "image_size", "kind", "cell",
             "config_hash", "U_mean", "same_run", "n", "seeds", "knn_top1_mean", "knn_top1_std",
             "knn_top1", "linear_top1_mean", "linear_top1_std", "linear_top1", "delta_knn_top1", "ci_knn_top1",
-            "p_knn_top1", "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "p_linear_top1", "paired_n_linear_top1",
+            "p_knn_top1", "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "p_linear_top1",
+            "paired_n_linear_top1",
             "step_ms_median", "step_time_untrusted",
             "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss", "reference_top1",
             "linear_minus_reference"]
@@ -674,7 +677,8 @@ def scaling_entries(rows: list[dict[str, Any]], default_cell: dict[str, Any] | N
         for part in ("head", "step"):  # working memory: what the step needs beyond storing w and u
             p[f"{part}_extra_mib"] = p[f"{part}_peak_mib"] - p["state_mib"]
         f = full.get((p["preset"], p["device"], p["N"]))
-        trusted = f is not None and not f["timing_untrusted"] and not p["timing_untrusted"]  # no ratio of doubtful times
+        # no ratio of doubtful times
+        trusted = f is not None and not f["timing_untrusted"] and not p["timing_untrusted"]
         p["head_speedup_vs_full"] = f["head_ms_median"] / p["head_ms_median"] if trusted else float("nan")
     skipped = []
     for r in rows:
