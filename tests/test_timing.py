@@ -134,3 +134,23 @@ def test_a_suite_scaling_point_carries_its_timing_segment():
     status, metrics, derived, device, error = fn()
     assert (kind, status, error) == ("scaling", "ok", None)
     assert KEYS <= set(derived["timing"]["segments"][0])
+
+
+def test_a_training_resumed_after_preemption_keeps_both_segments(tmp_path):
+    from pic_bench.pic.train import Preempted
+
+    cfg = apply(build("smoke"), {"optim.max_steps": 6, "eval.linear_epochs": 2}, "test")
+    task = Task("timing", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+    calls = {"n": 0}
+
+    def stop_at_3():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Preempted):
+        run_task(task, should_stop=stop_at_3, echo=False)
+    assert task.timing_file.is_file()
+    row = run_task(task, echo=False)
+    segs = row["derived"]["timing"]["segments"]
+    assert row["derived"]["resumed_from_step"] == 3 and len(segs) == 2 and all(KEYS <= set(x) for x in segs)
+    assert not task.timing_file.exists()  # cleaned up with the checkpoint

@@ -128,6 +128,11 @@ class Task:
         return Path(self.results_dir) / "curves" / self.ablation / f"{self.stem}.jsonl"
 
     @property
+    def timing_file(self) -> Path:
+        """The timing segments (``report.timing``) of a training stopped by preemption, for the resumed run's row."""
+        return self.checkpoint.with_name(self.checkpoint.stem + "-timing.json")
+
+    @property
     def trained_marker(self) -> Path:
         """Written when training has finished (beside the final checkpoint): the training metrics, measured in the
         process that trained, so an evaluation in another process or job reports them rather than its own."""
@@ -280,6 +285,15 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_segments(task: Task) -> list[dict[str, Any]]:
+    """The timing segments of the task's training before its last preemption ([] if none or unreadable)."""
+    try:
+        segs = json.loads(task.timing_file.read_text())
+    except (OSError, ValueError):
+        return []
+    return [x for x in segs if isinstance(x, dict)] if isinstance(segs, list) else []
+
+
 def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
              progress: Callable[[int, int, float], None] | None = None, echo: bool = True) -> dict[str, Any]:
     """Runs one task in this process and appends its row (ok or failed). Returns the row.
@@ -351,11 +365,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             progress(step, steps, loss)
 
     try:
+        earlier = read_segments(task) if trained_here and trainer.step else []  # before a preemption
         with measure(trainer.device) as segment:  # load and CPU share: whether its step times are the code's
             metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step,
                                     curve=task.curve if trained_here else None)
         if trained_here:
-            derived["timing"] = {"segments": [segment]}
+            derived["timing"] = {"segments": earlier + [segment]}
         if marker is not None and not trained_here:
             # step times, memory and loss as the training process measured them (this one only loaded it)
             metrics.update(marker["metrics"])
@@ -393,6 +408,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
         row["backbone"] = str(backbone) if backbone else None
     except Preempted:
+        if trained_here and "segment" in locals():  # kept beside the checkpoint for the resumed run's row
+            task.timing_file.write_text(json.dumps(earlier + [segment]))
         raise
     except NonFiniteLoss as e:
         trainer.save(ckpt.with_name(ckpt.stem + "-failed.pt"))
@@ -402,7 +419,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, derived, trainer.device, e)
         raise
     append_row(row, Path(task.results_dir))
-    for done_with in (ckpt, task.trained_marker):
+    for done_with in (ckpt, task.trained_marker, task.timing_file):
         if done_with.is_file():
             done_with.unlink()
     eval_progress.clear()
