@@ -154,3 +154,18 @@ def test_a_training_resumed_after_preemption_keeps_both_segments(tmp_path):
     segs = row["derived"]["timing"]["segments"]
     assert row["derived"]["resumed_from_step"] == 3 and len(segs) == 2 and all(KEYS <= set(x) for x in segs)
     assert not task.timing_file.exists()  # cleaned up with the checkpoint
+
+
+def test_on_cuda_the_record_has_the_device_utilisation_and_none_when_it_cannot_be_read(monkeypatch):
+    # a CPU stand-in for a CUDA device: the availability and the utilisation query are patched
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 55)
+    seg = timing.Measurer("cuda:0").start().stop()
+    assert seg["gpu_util"] == 55.0 and seg["device"] == "cuda"
+
+    def no_pynvml(device=None):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_pynvml)
+    assert timing.Measurer("cuda:0").start().stop()["gpu_util"] is None
+    assert timing.Measurer("cpu").start().stop()["gpu_util"] is None
