@@ -169,3 +169,15 @@ def test_on_cuda_the_record_has_the_device_utilisation_and_none_when_it_cannot_b
     monkeypatch.setattr(torch.cuda, "utilization", no_pynvml)
     assert timing.Measurer("cuda:0").start().stop()["gpu_util"] is None
     assert timing.Measurer("cpu").start().stop()["gpu_util"] is None
+
+
+def test_an_evaluation_task_reports_the_training_process_segments(tmp_path):
+    import json
+
+    cfg = apply(build("smoke"), {"optim.max_steps": 4, "eval.linear_epochs": 2}, "test")
+    task = Task("timing", "smoke", {}, cfg, results_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "ck"))
+    run_task(task.at("train"), echo=False)
+    marker = json.loads(task.trained_marker.read_text())
+    row = run_task(task.at("eval"), echo=False)
+    assert row["derived"]["timing"] == marker["derived"]["timing"]  # the training's, not the evaluation's load
+    assert len(row["derived"]["timing"]["segments"]) == 1
