@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from pic_bench import reference
-from pic_bench.report import tables
+from pic_bench.report import stats, tables
+from pic_bench.report.stats import paired
 from pic_bench.config import apply, build, config_hash, to_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,14 @@ def make(ablation: str, cell: dict, seed: int, knn: float, lin: float, preset: s
     return {"ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "seed": seed, "status": status,
             "config_hash": chash or config_hash(cfg), "config": to_dict(cfg), "metrics": m, "error": None,
             "derived": {"N": 10000} if derived is None else derived, "device": device}
+
+
+QUIET = {"wall_s": 10.0, "cpu_s": 19.0, "threads": 2, "cpus": 2, "load_start": 1.9, "load_end": 2.1, "gpu_util": None,
+         "device": "cpu"}  # a timing segment that timing.contention trusts
+
+
+def timed(*segments: dict) -> dict:
+    return {"timing": {"segments": list(segments)}}
 
 
 def line_starting(text: str, prefix: str) -> str:
@@ -60,26 +69,46 @@ def negatives_rows() -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------- statistics
-def test_paired_ci_matches_a_hand_computation():
-    a = {0: 80.0, 1: 82.0, 2: 85.0}
-    b = {0: 78.0, 1: 81.0, 2: 82.0}
-    # d = (2, 1, 3): mean 2, sample sd 1, t_{0.975, 2} = 4.303, half-width 4.303 * 1 / sqrt(3) = 2.4844
-    mean, half, n = tables.paired_ci(a, b)
-    assert (mean, n) == (2.0, 3)
-    assert half == pytest.approx(4.303 / math.sqrt(3), abs=1e-12)
-    assert half == pytest.approx(2.4844, abs=1e-4)
-    # Only shared seeds pair; one pair has no interval; none has no mean.
-    assert tables.paired_ci({0: 1.0, 5: 9.0}, {0: 0.5, 7: 2.0})[0] == 0.5
-    assert math.isnan(tables.paired_ci({0: 1.0}, {0: 0.5})[1])
-    assert tables.paired_ci({0: 1.0}, {1: 0.5})[2] == 0
+def test_paired_change_against_scipy_on_a_hand_made_example():
+    from scipy import stats as sps
+
+    a, b = [80.0, 82.0, 85.0], [78.0, 81.0, 82.0]
+    # d = (2, 1, 3): mean 2, sample sd 1, t_{0.975, 2} = 4.302653, half-width 4.302653 / sqrt(3) = 2.48414
+    c = paired(a, b)
+    assert (c.delta, c.sd, c.n) == (2.0, 1.0, 3)
+    assert c.half == pytest.approx(sps.t.ppf(0.975, 2) / math.sqrt(3), rel=1e-12)
+    assert c.half == pytest.approx(2.48414, abs=1e-5)
+    assert (c.lo, c.hi) == pytest.approx((2 - 2.48414, 2 + 2.48414), abs=1e-5)
+    # p: the paired t-test, and the same from t = mean / (sd / sqrt(n)) on 2 degrees of freedom
+    assert c.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-12)
+    assert c.p == pytest.approx(2 * sps.t.sf(2 / (1 / math.sqrt(3)), 2), rel=1e-9)
+    assert c.p == pytest.approx(0.07418, abs=1e-5)
+    # the interval spans 0: not detected, and the largest effect it allows is its upper bound
+    assert not c.detected and c.largest == pytest.approx(4.48414, abs=1e-5)
+    assert stats.paired([3.0, 5.0, 6.0], [0.0, 1.0, 3.0]).detected  # d = 3, 4, 3
+    # one pair: a change without an interval; no pair: nothing
+    one = paired([1.0], [0.5])
+    assert one.delta == 0.5 and not one.has_interval and math.isnan(one.p)
+    assert paired([], []).n == 0
 
 
-def test_t_quantiles_and_mean_std():
-    assert tables.t975(1) == 12.706 and tables.t975(2) == 4.303 and tables.t975(30) == 2.042
-    assert tables.t975(31) == 1.96
-    mean, std = tables.mean_std([80.0, 82.0, 85.0])
-    assert mean == pytest.approx(82.3333333) and std == pytest.approx(math.sqrt(((80 - mean) ** 2 + (82 - mean) ** 2
-                                                                                 + (85 - mean) ** 2) / 2))
+def test_the_80_percent_power_effect_against_a_direct_noncentral_t_computation():
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(7)
+    for n in (3, 5, 10):
+        sd = float(rng.uniform(0.2, 3.0))
+        e = stats.mde(sd, n)
+        df, crit = n - 1, sps.t.ppf(0.975, n - 1)
+        nc = e / (sd / math.sqrt(n))
+        direct = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)  # power of the two-sided paired t-test
+        assert direct == pytest.approx(0.8, abs=1e-6)
+        smaller = (e * 0.95) / (sd / math.sqrt(n))
+        assert sps.nct.sf(crit, df, smaller) + sps.nct.cdf(-crit, df, smaller) < 0.8
+        # it is not the 95% half-width: about 1.3-1.4 times it at these n
+        half = crit * sd / math.sqrt(n)
+        assert 1.25 < e / half < 1.45
+    assert stats.pooled_sd([1.0, 2.0], [3, 5]) == pytest.approx(math.sqrt((2 * 1 + 4 * 4) / 6))
 
 
 def test_table_shows_the_hand_computed_change_against_the_default(tmp_path):
@@ -87,7 +116,7 @@ def test_table_shows_the_hand_computed_change_against_the_default(tmp_path):
     md = tables.build_table("negatives_k", tmp_path, write=True)
     line = line_starting(md, "| pic.K=256 |")
     assert "| 82.33 ± 2.52 |" in line  # mean and sd of 80, 82, 85
-    assert "+2.00 ± 2.48 (n=3)" in line  # the hand computation above
+    assert "not detected: +2.00 [-0.48, +4.48] p=0.074, effect up to 4.48 (n=3)" in line  # the example above
     assert "80.00, 82.00, 85.00" in line  # the individual values, in seed order
     assert "| pic.K=0 (default) |" in md
     default = line_starting(md, "| pic.K=0 (default) |")
@@ -95,7 +124,8 @@ def test_table_shows_the_hand_computed_change_against_the_default(tmp_path):
     csv = (tmp_path / "tables" / "negatives_k.csv").read_text().splitlines()
     header = csv[0].split(",")
     row = dict(zip(header, next(x for x in csv if ",pic.K=256," in x).split(",")))
-    assert float(row["delta_knn_top1"]) == 2.0 and float(row["ci_knn_top1"]) == pytest.approx(2.4844, abs=1e-4)
+    assert float(row["delta_knn_top1"]) == 2.0 and float(row["ci_knn_top1"]) == pytest.approx(2.4841, abs=1e-4)
+    assert float(row["p_knn_top1"]) == pytest.approx(0.0742, abs=1e-4)
     assert row["seeds"] == "0 1 2" and row["n"] == "3"
 
 
@@ -111,8 +141,8 @@ def test_partial_default_compares_each_cell_with_its_own_k(tmp_path):
                             default_cell={"pic.correction": True})
     off256 = line_starting(md, "| pic.K=256, pic.correction=False |")
     off4096 = line_starting(md, "| pic.K=4096, pic.correction=False |")
-    assert "-10.00 ± 0.00 (n=3)" in off256  # against K = 256 with the correction, not against K = 4096
-    assert "-1.00 ± 0.00 (n=3)" in off4096
+    assert "-10.00 [-10.00, -10.00] p<0.001 (n=3)" in off256  # against K = 256 with the correction, not 4096
+    assert "-1.00 [-1.00, -1.00] p<0.001 (n=3)" in off4096
     assert "change against the same cell with pic.correction=True" in md
 
 
@@ -262,7 +292,7 @@ def test_no_change_against_a_default_that_ran_another_setting(tmp_path):
     rows += [make("negatives_k", {"pic.K": 1024}, s, 90.0, 72.0, extra={"optim.epochs": 3}) for s in range(3)]
     write_rows(tmp_path, "negatives_k", rows)
     md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 0})
-    assert "+2.00 ± 0.00 (n=3)" in line_starting(md, "| pic.K=256 |")
+    assert "+2.00 [+2.00, +2.00] p<0.001 (n=3)" in line_starting(md, "| pic.K=256 |")
     assert "| — | — |" in line_starting(md, "| pic.K=1024 |")
     assert "'pic.K=1024' (preset small) differs from its default 'pic.K=0 (default)' beyond the cell's settings " \
            "(optim.epochs): no change against it is computed" in md
@@ -384,7 +414,7 @@ def test_analysis_tables_and_plots(tmp_path):
             scaling.append(make("scaling", {**cell, "data.num_instances": N}, 0, 0, 0, kind="scaling", metrics=m,
                                 extra={**cell, "data.num_instances": N},
                                 derived={"N": N, "K_effective": N if cell.get("pic.K") == 0 else 512, "B": 256,
-                                         "d": 128, "implementation": "test"}))
+                                         "d": 128, "implementation": "test", **timed(QUIET)}))
     skipped = make("scaling", {"pic.K": 0, "pic.correction": False, "data.num_instances": 10**8}, 0, 0, 0,
                    kind="scaling", status="skipped", metrics={}, derived={"N": 10**8},
                    extra={"pic.K": 0, "pic.correction": False, "data.num_instances": 10**8})
@@ -436,7 +466,7 @@ def test_cpu_capabilities_are_never_averaged_together(tmp_path):
     assert _pic_means(md, "| pic.K=0 (default) |") == ["40.00 ± 0.00", "60.00 ± 0.00", "80.00 ± 0.00"]
     head = md.split("## Published reference")[0]
     assert "70.00" not in head and "65.00" not in head  # the means of AVX2 and AVX512 rows never appear
-    assert "+1.00 ± 0.00 (n=2)" in line_starting(md, "| pic.K=256 |")
+    assert "+1.00 [+1.00, +1.00] p<0.001 (n=2)" in line_starting(md, "| pic.K=256 |")
     csv = (tmp_path / "tables" / "negatives_k.csv").read_text().splitlines()
     caps = {dict(zip(csv[0].split(","), x.split(",")))["cpu_capability"] for x in csv[1:]}
     assert caps == {"AVX2", "AVX512", "unrecorded"}
@@ -537,7 +567,7 @@ def test_tables_for_an_ablation_file_outside_ablations(tmp_path):
     assert tables.main([str(path), "--results", str(results), "--no-plots"]) == 0
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.yaml"]  # nothing written beside the file
     md = (results / "tables" / "my_k.md").read_text()
-    assert "+2.00 ± 2.48 (n=3)" in line_starting(md, "| pic.K=256 |")
+    assert "not detected: +2.00 [-0.48, +4.48] p=0.074, effect up to 4.48 (n=3)" in line_starting(md, "| pic.K=256 |")
     assert "change against the default cell (pic.K=0)" in md
     assert "no default cell known" not in md and "(my_k.yaml)" not in md
     assert {p.name for p in (results / "tables").iterdir()} == {"my_k.md", "my_k.csv", "my_k.tex"}
@@ -591,7 +621,8 @@ def test_scaling_points_of_two_cpu_capabilities_are_kept_apart(tmp_path):
         for cell in ({"pic.K": 0, "pic.correction": False}, {"pic.correction": True}):
             rows.append(_with(make("scaling", {**cell, "data.num_instances": 10_000}, 0, 0, 0, kind="scaling",
                                    metrics=m, extra={**cell, "data.num_instances": 10_000},
-                                   derived={"N": 10_000, "K_effective": 512, "B": 256, "d": 128}),
+                                   derived={"N": 10_000, "K_effective": 512, "B": 256, "d": 128,
+                                            **timed(QUIET)}),
                               machine={"cpu_capability": cap}))
     write_rows(tmp_path, "scaling", rows)
     md = tables.build_table("scaling", tmp_path, write=False, default_cell={"pic.K": 0, "pic.correction": False})
@@ -606,7 +637,8 @@ def test_status_builds_the_table_of_the_file_it_was_given(tmp_path, capsys):
     path = outside_ablation(tmp_path)
     write_rows(tmp_path / "res", "my_k", [dict(r, ablation="my_k") for r in negatives_rows()])
     assert status.main([str(path), "--results", str(tmp_path / "res")]) == 0
-    assert "+2.00 ± 2.48 (n=3)" in line_starting(capsys.readouterr().out, "| pic.K=256 |")
+    assert "not detected: +2.00 [-0.48, +4.48] p=0.074, effect up to 4.48 (n=3)" in \
+        line_starting(capsys.readouterr().out, "| pic.K=256 |")
 
 
 def test_each_preset_says_which_default_its_change_is_against(tmp_path):
@@ -621,6 +653,79 @@ def test_each_preset_says_which_default_its_change_is_against(tmp_path):
     small = md.split("## preset `small`")[1].split("## preset")[0]
     assert "change against the default cell (optim.epochs=200)" in paper and "optim.epochs=5)" not in paper
     assert "change against the default cell (optim.epochs=5)" in small
-    assert "+2.00 ± 0.00 (n=2)" in line_starting(paper, "| optim.epochs=400 |")  # against 200, not 5
+    assert "+2.00 [+2.00, +2.00] p<0.001 (n=2)" in line_starting(paper, "| optim.epochs=400 |")  # against 200, not 5
     only_paper = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False, preset="paper")
     assert "Δ: change against the default cell (optim.epochs=200)" in only_paper.split("## preset")[0]
+
+
+# ------------------------------------------------------------------------------------- timings (issue 20)
+def test_step_times_taken_under_load_are_marked_and_quiet_ones_are_not(tmp_path):
+    loaded = {**QUIET, "load_end": 6.0}
+    rows = []
+    for s in range(2):
+        rows.append(make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0, derived={"N": 10000, **timed(QUIET)}))
+        rows.append(make("negatives_k", {"pic.K": 256}, s, 80.0, 70.0,
+                         derived={"N": 10000, **timed(loaded if s == 1 else QUIET)}))
+    rows.append(make("negatives_k", {"pic.K": 1024}, 0, 80.0, 70.0))  # no record
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=True, default_cell={"pic.K": 0}, plots=False)
+    assert "| 50.5 (60.0) |" in line_starting(md, "| pic.K=0 (default) |")  # quiet: unmarked
+    assert "| 50.5† (60.0) |" in line_starting(md, "| pic.K=256 |")
+    assert "| 50.0† (60.0) |" in line_starting(md, "| pic.K=1024 |")
+    assert "† pic.K=256: step time measured under contention (seed 1: load 6.0 on 2 cores, 4.0 beyond the run's " \
+           "own 2 threads); left out of any timing comparison." in md
+    assert "† step time not recorded as trusted: pic.K=1024 ran before rows carried" in md
+    import csv
+
+    with open(tmp_path / "tables" / "negatives_k.csv", newline="") as f:
+        got = {r["cell"]: r["step_time_untrusted"] for r in csv.DictReader(f)}
+    assert got["pic.K=0"] == "" and got["pic.K=1024"] == "not recorded" and got["pic.K=256"].startswith("load 6.0")
+    assert "dagger" in (tmp_path / "tables" / "negatives_k.tex").read_text()
+    # all quiet: no mark and no footnote
+    write_rows(tmp_path / "q", "negatives_k", rows[:2])
+    md = tables.build_table("negatives_k", tmp_path / "q", write=False, default_cell={"pic.K": 0})
+    assert "†" not in md
+
+
+def test_a_contended_scaling_point_is_left_out_of_the_speed_up(tmp_path):
+    rows = []
+    for cell, head, seg in (({"pic.K": 0, "pic.correction": False}, 8.0, QUIET),
+                            ({"pic.correction": True}, 4.0, {**QUIET, "cpu_s": 3.0}),
+                            ({"pic.K": 64, "pic.correction": True}, 2.0, QUIET)):
+        m = {"head_ms_median": head, "head_ms_p90": head, "step_ms_median": 50.0, "step_ms_p90": 60.0,
+             "state_mib": 5.0, "head_peak_mib": 10.0, "step_peak_mib": 20.0, "peak_mem_kind": "cpu_peak_rss"}
+        rows.append(make("scaling", {**cell, "data.num_instances": 10_000}, 0, 0, 0, kind="scaling", metrics=m,
+                         extra={**cell, "data.num_instances": 10_000},
+                         derived={"N": 10_000, "K_effective": 512, "B": 256, "d": 128, **timed(seg)}))
+    write_rows(tmp_path, "scaling", rows)
+    md = tables.build_table("scaling", tmp_path, write=False, default_cell={"pic.K": 0, "pic.correction": False})
+    contended = line_starting(md, f"| recent K={build('small').pic.K}, correction |")
+    assert "| 4.00† (4.00) |" in contended and contended.rstrip().endswith("| n/a |")
+    assert line_starting(md, "| recent K=64, correction |").rstrip().endswith("| 4.0 |")  # 8 / 2, both quiet
+    assert "† times not trusted, left out of the speed-up column (n/a): CPU time 0.30 x wall" in md
+
+
+def test_each_change_says_whether_it_was_detected_and_each_section_its_detectable_effect(tmp_path):
+    write_rows(tmp_path, "negatives_k", negatives_rows())
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 0})
+    # K = 1024: d = (1, -1, 1): not detected, printed with the largest effect its interval allows
+    c = paired([79.0, 80.0, 83.0], [78.0, 81.0, 82.0])
+    assert f"not detected: +0.33 [{c.lo:+.2f}, {c.hi:+.2f}] p={c.p:.3f}, effect up to {c.largest:.2f} (n=3)" \
+        in line_starting(md, "| pic.K=1024 |")
+    sd = stats.pooled_sd([1.0, c.sd], [3, 3])  # K = 256 (sd 1) and K = 1024, pooled
+    assert f"kNN {stats.mde(sd, 3):.2f}, linear {stats.mde(sd, 3):.2f} points at n = 3 seeds" in md
+    assert "The 95% half-width is not this figure" in md
+
+
+def test_regime_figures_are_stated_per_section_when_rows_have_them(tmp_path):
+    rows = []
+    for s, sweeps in ((0, 5.0), (1, 5.2)):
+        regime = {"sweeps": sweeps, "never_visited": 0.0, "first_visit_share": 0.005, "first_visits_end": 0.17,
+                  "revisit_distance_D": 1.07}
+        rows.append(make("negatives_k", {"pic.K": 0}, s, 80.0, 70.0, derived={"N": 10000, "regime": regime}))
+    write_rows(tmp_path, "negatives_k", rows)
+    md = tables.build_table("negatives_k", tmp_path, write=False, default_cell={"pic.K": 0})
+    assert ("regime: 5.0-5.2 sweeps, 0.0% never visited, 0.5% of samples first visits, first visits done by "
+            "17.0% of training, mean revisit distance 1.07 D.") in md
+    write_rows(tmp_path / "none", "negatives_k", [make("negatives_k", {"pic.K": 0}, 0, 80.0, 70.0)])
+    assert "regime:" not in tables.build_table("negatives_k", tmp_path / "none", write=False)

@@ -31,6 +31,7 @@ from ..data.sources import FolderSet, list_folder
 from ..eval.evaluate import embed, knn_top1, knn_top1_chunked
 from ..pic.model import PICModel
 from ..report.results import device_key, device_name, provenance
+from ..report.timing import Measurer, warn_if_contended
 from .loader import generate_jpegs
 
 IMAGENET_TRAIN_VAL = 1_281_167 + 50_000
@@ -47,15 +48,17 @@ def bench_embed(images: FolderSet, fn, device, args, what: str) -> dict:
     embed(FolderSet(images.files[:args.batch], images.labels[:args.batch]), fn, t, device, batch=args.batch,
           workers=0, out_device=device)  # warm-up: first conv algorithms, page cache
     _sync(device)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, m = os.getloadavg()[0], time.perf_counter(), Measurer(device).start()
     f, _ = embed(images, fn, t, device, batch=args.batch, workers=args.workers, out_device=device)
     _sync(device)
-    dt = time.perf_counter() - t0
+    dt, seg = time.perf_counter() - t0, m.stop()
+    warn_if_contended(seg, what)
     rate = len(images) / dt
     return {"bench": "eval", "what": what, "images_per_s": round(rate, 2), "images": len(images),
             "batch": args.batch, "workers": args.workers, "size": args.size, "arch": args.arch,
             "feature_dim": int(f.shape[1]), "wall_s": round(dt, 2), "imagenet_eval_h": round(
-                IMAGENET_TRAIN_VAL / rate / 3600, 2), "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+                IMAGENET_TRAIN_VAL / rate / 3600, 2), "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "timing": seg}
 
 
 def bench_knn(device: torch.device, dtype: torch.dtype, path: str, args) -> dict:
@@ -69,20 +72,21 @@ def bench_knn(device: torch.device, dtype: torch.dtype, path: str, args) -> dict
     trf, tef = trf.to(device, dtype), tef.to(device, dtype)
     load0 = os.getloadavg()[0]
     _sync(device)
-    t0 = time.perf_counter()
+    t0, m = time.perf_counter(), Measurer(device).start()
     if path == "reference":
         top1 = knn_top1(trf, ytr.numpy(), tef, yte.numpy(), 200, 0.07)
     else:
         top1 = knn_top1_chunked(trf, ytr.numpy(), tef, yte.numpy(), 200, 0.07)
     _sync(device)
-    dt = time.perf_counter() - t0
+    dt, seg = time.perf_counter() - t0, m.stop()
+    warn_if_contended(seg, f"knn {path}")
     return {"bench": "knn", "what": f"knn {path} {str(dtype).removeprefix('torch.')} on {device.type}",
             "queries_per_s": round(args.knn_test / dt, 1), "train": args.knn_train, "test": args.knn_test,
             "dim": args.dim, "k": 200, "top1": round(top1, 3), "wall_s": round(dt, 3),
             "feature_mib": round(trf.numel() * trf.element_size() / 2**20, 1),
             "imagenet_knn_min": round(50_000 / (args.knn_test / dt) * (IMAGENET_TRAIN_VAL - 50_000) / args.knn_train
                                       / 60, 1),
-            "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+            "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)], "timing": seg}
 
 
 def write_rows(rows: list[dict], out_dir: Path, machine: str) -> Path:

@@ -34,6 +34,7 @@ from ..data.augment import Recipe, recipes, torchvision_transform
 from ..data.sources import FASHION_MNIST_FILES, FolderSet, Source, _find_fashion_mnist, _idx, list_folder
 from ..data.torchvision_loader import TorchvisionLoader
 from ..report.results import device_key, device_name, provenance
+from ..report.timing import measure as timed, warn_if_contended
 from ..data.window import EpochOrder
 
 VARIANTS = ("dali", "dali-cpu", "torchvision", "torchvision-pilblur")
@@ -135,7 +136,13 @@ def run(variant: str, source: Source, recipe: Recipe, args) -> dict:
         else:
             blur = f"exact, {recipe.blur_kernel} taps (torchvision GaussianBlur)"
     load_before = os.getloadavg()
-    rate, cpu_ms, startup = measure(loader.iterate(0, args.warmup + args.steps), B, args.warmup, args.steps, sync)
+    with timed("cuda" if gpu else None) as seg:
+        rate, cpu_ms, startup = measure(loader.iterate(0, args.warmup + args.steps), B, args.warmup, args.steps, sync)
+    # the loader's work runs in its worker processes (or DALI threads): count them, and their number as threads
+    seg.update(wall_s=round(B * args.steps / rate, 4), cpu_s=round(cpu_ms * B * args.steps / 1e3, 4),
+               threads=max(1, threads),
+               note="wall_s, cpu_s: the timed batches, the loader workers' CPU included; threads: the workers")
+    warn_if_contended(seg, f"loader {variant}")
     return {
         "bench": "loader", "loader": variant, "backend": "gpu" if gpu else "cpu", "samples_per_s": round(rate, 1),
         "views_per_s": round(rate * views, 1), "cpu_ms_per_sample": round(cpu_ms, 1), "startup_s": round(startup, 2),
@@ -143,6 +150,7 @@ def run(variant: str, source: Source, recipe: Recipe, args) -> dict:
         "size": recipe.size, "threads": threads, "steps": args.steps, "warmup": args.warmup, "blur": blur,
         "recipe": "strong (MoCo v2: crop 0.08-1, jitter 0.4/0.4/0.4/0.1 p 0.8, gray 0.2, blur 0.1-2 p 0.5, flip)",
         "images": args.images_note, "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "timing": seg,
         "command": " ".join(["python -m pic_bench.bench.loader", *sys.argv[1:]]),
         **provenance("cuda" if gpu else "cpu"),
     }

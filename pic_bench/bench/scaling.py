@@ -46,6 +46,7 @@ import torch
 from ..pic import head
 from ..pic.negatives import RecentNegatives
 from ..report.results import device_name, provenance
+from ..report.timing import measure, warn_if_contended
 
 IMAGENET_1K = 1_281_167
 IMAGENET_22K = 14_197_122
@@ -219,7 +220,9 @@ def head_point(arm: str, N: int, K: int, storage: torch.dtype, paths: tuple[str,
         ring.push(c.U[torch.randperm(K_eff)])
         fns["ring"] = lambda: ring.select(c.U[:B])
     load0 = os.getloadavg()[0]
-    ms = interleaved(fns, rounds, device)
+    with measure(device) as seg:
+        ms = interleaved(fns, rounds, device)
+    warn_if_contended(seg, f"scaling N={N} K={K}")
     rows = []
     for p in paths:
         rows.append({**base, "path": p, "status": "ok", "K_eff": K_eff, **_stats(ms[p]),
@@ -227,7 +230,7 @@ def head_point(arm: str, N: int, K: int, storage: torch.dtype, paths: tuple[str,
                      "floor_ms_median": float(np.median(ms["floor"])),
                      "ratio_to_floor": float(np.median(ms[p]) / np.median(ms["floor"])),
                      "ring_ms_median": float(np.median(ms["ring"])) if "ring" in ms else None,
-                     "loadavg": [load0, os.getloadavg()[0]]})
+                     "loadavg": [load0, os.getloadavg()[0]], "timing": seg})
     del c, ws, fns
     _free(device)
     return rows
@@ -303,12 +306,14 @@ def train_point(arm: str, N: int, K: int, storage: torch.dtype, rounds: int, dev
     fns = {p: step(p) for p in paths}
     peaks = {p: peak_extra_mib(f, device) for p, f in fns.items()}
     load0 = os.getloadavg()[0]
-    ms = interleaved(fns, rounds, device)
+    with measure(device) as seg:
+        ms = interleaved(fns, rounds, device)
+    warn_if_contended(seg, f"scaling N={N} K={K}")
     start = position[0] - max(K, B)  # |U| at the last step: the distinct instances of the last K visits
     K_eff = len(np.unique(trainer.schedule.positions(start, max(K, B)))) if K else N
     rows = [{**base, "path": p, "status": "ok", "K_eff": K_eff, **_stats(ms[p]),
-             "peak_extra_mib": peaks[p][0], "peak_kind": peaks[p][1], "loadavg": [load0, os.getloadavg()[0]]}
-            for p in paths]
+             "peak_extra_mib": peaks[p][0], "peak_kind": peaks[p][1], "loadavg": [load0, os.getloadavg()[0]],
+             "timing": seg} for p in paths]
     del trainer, fns
     _free(device)
     return rows
@@ -327,7 +332,9 @@ def targets(rounds: int, device: torch.device, N: int = IMAGENET_1K, K: int = K_
            "floor": matmul_floor(B, K, d, device),
            "full_fast": fast_step(full, False, ws_full), "full_plain": plain_step(full, False)}
     load0 = os.getloadavg()[0]
-    ms = interleaved(fns, rounds, device)
+    with measure(device) as seg:
+        ms = interleaved(fns, rounds, device)
+    warn_if_contended(seg, f"scaling N={N} K={K}")
     med = {k: float(np.median(v)) for k, v in ms.items()}
     row = {"section": "targets", "status": "ok", "N": N, "K": K, "B": B, "d": d, "storage": "float32",
            "ms_median": med, "ms_all": {k: [round(x, 3) for x in v] for k, v in ms.items()}, "rounds": rounds,
@@ -337,7 +344,7 @@ def targets(rounds: int, device: torch.device, N: int = IMAGENET_1K, K: int = K_
            "recent_fast_over_floor": med["recent_fast"] / med["floor"],
            "recent_plain_over_floor": med["recent_plain"] / med["floor"],
            "recent_plain_over_recent_fast": med["recent_plain"] / med["recent_fast"],
-           "loadavg": [load0, os.getloadavg()[0]]}
+           "loadavg": [load0, os.getloadavg()[0]], "timing": seg}
     row["target_20x_met"] = row["full_fast_over_recent_fast"] >= 20 and row["full_plain_over_recent_fast"] >= 20
     row["target_1p5x_floor_met"] = row["recent_fast_over_floor"] <= 1.5
     del full, recent, ws_full, ws_recent, fns

@@ -392,3 +392,31 @@ def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str
             digest: str | None = None) -> bool:
     """Whether an ok row of this key exists (``digest`` None: rows that record no data digest, as analyses)."""
     return (ablation, kind, preset, chash, seed, digest) in ok_keys(results_dir, ablation)
+
+
+def load_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None):
+    """The rows of one ablation (or of all) as a pandas DataFrame, one line per result row, for notebooks:
+
+        from pic_bench.report import load_rows
+        df = load_rows("results", "negatives_k")
+        df.groupby(["preset", "cell.pic.K"])["metrics.knn_top1"].agg(["mean", "std", "count"])
+
+    Nested fields are flattened with dots: ``config.optim.base_lr``, ``metrics.knn_top1``, ``derived.N``,
+    ``data.digest`` (``row_digest``: older rows have it in ``derived.index_digest``), ``machine.cpu_capability``,
+    ``versions.torch``, ``cell.pic.K``; provenance (``git_sha``, ``git_dirty``, ``device``, ``host``, ``time``) stays
+    at the top level, lists stay lists. Rows come from ``read_rows``, in file order; each line it cannot read is a
+    ``warnings.warn`` naming its file and line, and is listed in ``df.attrs["problems"]`` ("<file>:<line>: <reason>"),
+    never dropped silently.
+    """
+    import warnings
+
+    import pandas as pd
+
+    rows, problems = read_rows(results_dir, ablation)
+    for p in problems:
+        warnings.warn(f"{p} (left out of the DataFrame)", stacklevel=2)
+    # data.digest for every row: older rows record it as derived.index_digest (``row_digest``)
+    rows = [{**r, "data": {**(r.get("data") or {}), "digest": row_digest(r)}} for r in rows]
+    df = pd.json_normalize(rows, sep=".") if rows else pd.DataFrame()
+    df.attrs["problems"] = [str(p) for p in problems]
+    return df

@@ -13,18 +13,25 @@ rows, or a file that does not exist, is an ``error:`` line and exit code 2, befo
 The same rows always give the same table bytes.
 
 Training ablations: one table row per (preset, device, kind, cell, config): mean +- std over seeds with n and the
-individual values, the change against the ablation's default cell with a 95% confidence interval from seeds
-paired with the default's, step time, throughput and peak memory, and the published reference beside our value
-where the setting matches it (``pic_bench.reference``). Rows are averaged, and compared, only within one section:
-the same preset, device, CPU capability (``row["machine"]["cpu_capability"]``; rows without it are "unrecorded",
-a section of their own) and dataset digest (``row["data"]["digest"]``, or ``derived.index_digest`` in older
-rows), because the same config and seed give other numbers on another machine (issue 13) and on other data. Each
-section names its dataset, N and image size; the smoke preset's says it is a plumbing check. Cells that are the
+individual values, the change against the ablation's default cell (seeds paired with the default's by pivoting) with
+its 95% t interval and the paired t-test's p (``pic_bench.report.stats``, on scipy); a change whose interval spans 0
+is "not detected" and printed with the largest effect its interval allows. Each section states the smallest effect
+its design detects at 80% power (from the sd of its paired differences, pooled) and that the 95% half-width is not
+that figure; where rows record it, the data regime (``derived["regime"]``). Step time, throughput and peak memory; a
+step time measured under contention, or whose row has no timing record (``derived["timing"]``,
+``pic_bench.report.timing.contention``), is marked † with a footnote saying why and takes part in no timing
+comparison (the scaling table's speed-ups). The published reference beside our value where the setting matches it
+(``pic_bench.reference``). Rows are grouped and aggregated with pandas; Markdown and LaTeX are our own writers
+(pandas' pad every column and need extra libraries), CSV is pandas' writer. Rows are averaged, and compared, only
+within one section: the same preset, device, CPU capability (``row["machine"]["cpu_capability"]``; rows without it
+are "unrecorded", a section of their own) and dataset digest (``row["data"]["digest"]``, or ``derived.index_digest``
+in older rows), because the same config and seed give other numbers on another machine (issue 13) and on other data.
+Each section names its dataset, N and image size; the smoke preset's says it is a plumbing check. Cells that are the
 same run in effect (K >= N: both use all N instances, e.g. K = 512 and K = 2048 at N = 256) are flagged with ‡;
-where rows record |U| per step (``metrics.U_mean``), a cell's label shows the mean |U| beside its nominal K.
-Rows that share a cell but differ in config hash are reported and kept apart; malformed lines and failed
-runs are listed with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``,
-see ``pic_bench.suite.analysis``) get their own layout.
+where rows record |U| per step (``metrics.U_mean``), a cell's label shows the mean |U| beside its nominal K. Rows
+that share a cell but differ in config hash are reported and kept apart; malformed lines and failed runs are listed
+with their file and line. Analysis ablations (rows of kind ``visit_distance`` or ``scaling``, see
+``pic_bench.suite.analysis``) get their own layout.
 
 The default cell: when ``default_cell`` in the ablation file equals one cell's overrides, every cell is compared
 with that cell (``default_cell: {pic.K: 0}``). When it names only some of the swept keys, each cell is compared
@@ -34,24 +41,17 @@ correction against the same K with it).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .. import reference
 from ..config import canonical_cell
 from .results import DEFAULT_RESULTS, drop_superseded, read_rows
-
-# Two-sided 95% Student t quantiles, df = 1..30 (beyond: 1.96).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+from .stats import Paired, mde, paired, pooled_sd
+from .timing import NOT_RECORDED, contention
 
 METRICS = ("knn_top1", "linear_top1")
 COST = ("step_ms_median", "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss")
@@ -89,28 +89,8 @@ def section_of(t: dict[str, Any]) -> tuple:
     return tuple(t[k] for k in SECTION)
 
 
-def t975(df: int) -> float:
-    return T975[df - 1] if 1 <= df <= len(T975) else 1.96
-
-
 def cell_label(cell: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in cell.items()) if cell else "default"
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
-
-
-def paired_ci(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
-    """Mean of a[s] - b[s] over shared seeds and the half-width of its 95% t interval (nan for n < 2)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return float("nan"), float("nan"), 0
-    d = np.array([a[s] - b[s] for s in seeds])
-    if len(d) < 2:
-        return float(d.mean()), float("nan"), 1
-    return float(d.mean()), t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d)), len(d)
 
 
 def _fmt(x: Any, nd: int = 2) -> str:
@@ -136,54 +116,73 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- training tables
-def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = None,
-              cell_order: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Groups ok rows into table rows; returns (table rows, warnings). ``cell_order``: the file's cells, in order."""
-    warnings: list[str] = []
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    hashes: dict[tuple, set[str]] = defaultdict(set)
-    for r in rows:
+GROUP = ["preset", "device", "cpu_capability", "digest", "kind", "cell", "config_hash"]  # one table row each
+
+
+def rows_frame(rows: list[dict[str, Any]]):
+    """The ok rows as a DataFrame: the section and cell keys, the seed, the metrics the tables use, the row's
+    timing verdict (``timing.contention``) and the row itself, in file order (``order``)."""
+    import pandas as pd
+
+    cols = GROUP + ["seed", "order", "timing", "row", "U_mean", *METRICS, *COST]
+    recs = []
+    for i, r in enumerate(rows):
         if r.get("status") != "ok":
             continue
-        label = cell_label(r.get("cell") or {})
-        base = (r["preset"], r.get("device", "?"), capability_of(r), digest_of(r), r.get("kind", "pic"), label)
-        hashes[base].add(r["config_hash"])
-        groups[base + (r["config_hash"],)].append(r)
-    for base, hs in sorted(hashes.items()):
+        m = r.get("metrics") or {}
+        recs.append({"preset": r["preset"], "device": r.get("device", "?"), "cpu_capability": capability_of(r),
+                     "digest": digest_of(r), "kind": r.get("kind", "pic"), "cell": cell_label(r.get("cell") or {}),
+                     "config_hash": r["config_hash"], "seed": r["seed"], "order": i, "timing": contention(r),
+                     "row": r, **{k: m.get(k, float("nan")) for k in ("U_mean", *METRICS, *COST)}})
+    return pd.DataFrame(recs, columns=cols)
+
+
+def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = None,
+              cell_order: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Groups ok rows into table rows; returns (table rows, warnings). ``cell_order``: the file's cells, in order.
+
+    pandas does the work: one group per section and cell (``GROUP``), one row per seed (the last in file order
+    wins; duplicates are reported), mean, std (ddof 1) and the values of each accuracy, medians of the costs, and
+    the per-seed values pivoted (seed x group) for pairing with the default cell."""
+    warnings: list[str] = []
+    df = rows_frame(rows)
+    base = GROUP[:-1]
+    for key, hs in sorted(df.groupby(base, sort=True)["config_hash"].unique().items()):
         if len(hs) > 1:
-            warnings.append(f"cell '{base[5]}' ({base[4]}, preset {base[0]}, {base[1]}) has rows with "
+            warnings.append(f"cell '{key[5]}' ({key[4]}, preset {key[0]}, {key[1]}) has rows with "
                             f"{len(hs)} different configs ({', '.join(sorted(hs))}): reported apart, not averaged")
+    split = df.groupby(base)["config_hash"].transform("nunique") > 1 if len(df) else df["config_hash"]
+    df = df.assign(split=split, dup=df.duplicated(GROUP + ["seed"], keep="first"))
+    kept = df.drop_duplicates(GROUP + ["seed"], keep="last").sort_values(GROUP + ["seed"])
+    kept = kept.assign(gid=kept.groupby(GROUP, sort=True).ngroup())
+    wide = {m: kept.pivot(index="seed", columns="gid", values=m) for m in METRICS}  # seeds paired by pivoting
     out = []
-    per_seed: dict[tuple, dict[str, dict[int, float]]] = {}
-    for key in sorted(groups):
+    for key, g in kept.groupby(GROUP, sort=True):
         preset, dev, cap, digest, kind, label, chash = key
-        seen: dict[int, dict] = {}
-        for r in groups[key]:  # one row per seed: the last one in file order wins (duplicates are reported)
-            if r["seed"] in seen:
-                warnings.append(f"cell '{label}' ({kind}, preset {preset}) seed {r['seed']} has more than one "
-                                "row; the last is used")
-            seen[r["seed"]] = r
-        rs = [seen[s] for s in sorted(seen)]
+        for _, r in df[(df[GROUP] == list(key)).all(axis=1) & df["dup"]].sort_values("order").iterrows():
+            warnings.append(f"cell '{label}' ({kind}, preset {preset}) seed {r['seed']} has more than one "
+                            "row; the last is used")
+        rs = list(g["row"])
         dataset, N, size = data_of(rs[0])
         t = {"preset": preset, "device": dev, "cpu_capability": cap, "digest": digest, "dataset": dataset, "N": N,
              "image_size": size, "kind": kind, "cell": label, "config_hash": chash, "n": len(rs),
-             "seeds": [r["seed"] for r in rs], "cell_dict": rs[0].get("cell") or {}, "config": rs[0]["config"],
-             "derived": rs[0].get("derived") or {}, "split": len(hashes[key[:6]]) > 1, "same_run": []}
-        u = [r["metrics"]["U_mean"] for r in rs if "U_mean" in r["metrics"]]
-        t["U_mean"] = float(np.mean(u)) if u else float("nan")
+             "seeds": [int(s) for s in g["seed"]], "cell_dict": rs[0].get("cell") or {}, "config": rs[0]["config"],
+             "derived": rs[0].get("derived") or {}, "split": bool(g["split"].iloc[0]), "same_run": [],
+             "gid": int(g["gid"].iloc[0]), "regimes": [(r.get("derived") or {}).get("regime") for r in rs],
+             "timing": {int(s): why if isinstance(why, str) else None  # pandas may hold None as nan
+                        for s, why in zip(g["seed"], g["timing"])}}
+        t["U_mean"] = float(g["U_mean"].mean())
         for m in METRICS:
-            vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
-            t[m] = vals
-            t[m + "_mean"], t[m + "_std"] = mean_std(vals) if vals else (float("nan"), float("nan"))
+            vals = g[m].dropna()
+            t[m] = [float(v) for v in vals]
+            t[m + "_mean"], t[m + "_std"] = float(vals.mean()), float(vals.std(ddof=1))
         for m in COST:
-            vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
-            t[m] = float(np.median(vals)) if vals else float("nan")
-        per_seed[key] = {m: {r["seed"]: r["metrics"][m] for r in rs if m in r["metrics"]} for m in METRICS}
+            t[m] = float(g[m].median())
         if any((r.get("derived") or {}).get("eval_split") == "train" for r in rs):  # asked for, never silent
             warnings.append(f"cell '{label}' ({kind}, preset {preset}) was evaluated on its own training images "
                             "(data.eval_split=train): its accuracies are not held-out")
         out.append(t)
-    _pair_with_default(out, per_seed, default_cell, warnings)
+    _pair_with_default(out, wide, default_cell, warnings)
     _flag_same_runs(out)
     order = {repr(sorted(c.items())): i for i, c in enumerate(cell_order or [])}
     out.sort(key=lambda t: (section_of(t), t["kind"] != "pic", t["kind"],
@@ -191,8 +190,11 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
     return out, warnings
 
 
-def _key(t: dict[str, Any]) -> tuple:
-    return section_of(t) + (t["kind"], t["cell"], t["config_hash"])
+def compare(wide, a: int, b: int) -> Paired:
+    """The paired change of group ``a`` against group ``b`` over the seeds both have (a column each of the
+    seed x group pivot)."""
+    both = wide[[a, b]].dropna()
+    return paired(both[a].to_numpy(), both[b].to_numpy())
 
 
 def _flag_same_runs(table: list[dict[str, Any]]) -> None:
@@ -207,13 +209,14 @@ def _flag_same_runs(table: list[dict[str, Any]]) -> None:
             t["same_run"] = [o["cell"] for o in sorted(group, key=lambda o: o["config"]["pic"]["K"])]
 
 
-def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell: dict[str, Any] | None,
+def _pair_with_default(table: list[dict[str, Any]], wide: dict, default_cell: dict[str, Any] | None,
                        warnings: list[str]) -> None:
-    """Fills delta_*, ci_*, paired_n_* and is_default of every PIC entry (see the module docstring)."""
+    """Fills cmp_* (a ``stats.Paired``, or None), delta_*, ci_* (the 95% half-width), p_*, paired_n_* and
+    is_default of every PIC entry (see the module docstring). ``wide``: per metric, the seed x group pivot."""
     for t in table:
         t["is_default"] = False
         for m in METRICS:
-            t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = float("nan"), float("nan"), 0
+            _set_change(t, m, None)
     if default_cell is None:
         return
     warned = set()
@@ -246,7 +249,14 @@ def _pair_with_default(table: list[dict[str, Any]], per_seed: dict, default_cell
                             f"{', ...' if len(differ) > 4 else ''}): no change against it is computed")
             continue
         for m in METRICS:
-            t["delta_" + m], t["ci_" + m], t["paired_n_" + m] = paired_ci(per_seed[_key(t)][m], per_seed[_key(ref)][m])
+            _set_change(t, m, compare(wide[m], t["gid"], ref["gid"]))
+
+
+def _set_change(t: dict[str, Any], m: str, c: Paired | None) -> None:
+    nan = float("nan")
+    t["cmp_" + m] = c if c is not None and c.n else None
+    t["delta_" + m], t["ci_" + m], t["p_" + m], t["paired_n_" + m] = \
+        (c.delta, c.half, c.p, c.n) if c is not None and c.n else (nan, nan, nan, 0)
 
 
 def config_difference(a: dict[str, Any], b: dict[str, Any], cell_keys: set[str]) -> list[str]:
@@ -270,12 +280,25 @@ def _order(t: dict[str, Any]) -> tuple:
                  for v in t["cell_dict"].values())
 
 
-def _delta(t: dict[str, Any], m: str) -> str:
-    if t.get("is_default") or math.isnan(t["delta_" + m]):
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def change_text(c: Paired | None) -> str:
+    """A change as the tables print it: Δ [95% interval] p (n pairs); one that is not detected says so and
+    gives the largest effect its interval allows; one pair has no interval."""
+    if c is None or not c.n:
         return "—"
-    ci = t["ci_" + m]
-    n = t["paired_n_" + m]
-    return f"{t['delta_' + m]:+.2f} ± {_fmt(ci)} (n={n})" if not math.isnan(ci) else f"{t['delta_' + m]:+.2f} (n={n})"
+    if not c.has_interval:
+        return f"{c.delta:+.2f} (n={c.n})"
+    text = f"{c.delta:+.2f} [{c.lo:+.2f}, {c.hi:+.2f}] {_p(c.p)}"
+    if not c.detected:
+        text = f"not detected: {text}, effect up to {c.largest:.2f}"
+    return f"{text} (n={c.n})"
+
+
+def _delta(t: dict[str, Any], m: str) -> str:
+    return "—" if t.get("is_default") else change_text(t.get("cmp_" + m))
 
 
 def _label(t: dict[str, Any]) -> str:
@@ -329,7 +352,9 @@ def reference_lines(table: list[dict[str, Any]], refs: list[reference.Reference]
     return lines + [""]
 
 
-PAIRED = "mean of per-seed differences ± 95% t half-width (seeds paired, n pairs)"
+PAIRED = ("mean of per-seed differences [95% t interval] and the paired t-test's p (seeds paired, n pairs); a change "
+          "whose interval spans 0 is \"not detected\", printed with the largest effect the interval allows "
+          "(the larger |bound|)")
 
 
 def default_note(name: str, table: list[dict[str, Any]], default_cell: dict[str, Any] | None,
@@ -362,6 +387,81 @@ def _section_lines(ts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def mde_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """The smallest effect this section's design detects at 80% power, per metric, from the sd of its paired
+    differences pooled over its comparisons; and that the 95% half-width is not that figure."""
+    by_n: dict[int, list[str]] = {}
+    sds = []
+    for m, what in (("knn_top1", "kNN"), ("linear_top1", "linear")):
+        cs = [t["cmp_" + m] for t in ts if t.get("cmp_" + m) is not None and t["cmp_" + m].has_interval]
+        for n in sorted({c.n for c in cs}):
+            same = [c for c in cs if c.n == n]
+            sd = pooled_sd([c.sd for c in same], [c.n for c in same])
+            by_n.setdefault(n, []).append(f"{what} {mde(sd, n):.2f}")
+            sds.append(f"{what} {sd:.2f}" + (f" at n = {n}" if len({c.n for c in cs}) > 1 else "")
+                       + f", {len(same)} comparison{'s' if len(same) > 1 else ''}")
+    if not by_n:
+        return []
+    said = "; ".join(f"{', '.join(v)} points at n = {n} seeds" for n, v in sorted(by_n.items()))
+    return [f"Smallest effect detectable at 80% power (two-sided 5%, paired t-test): {said}; from the sd of the "
+            f"paired differences pooled over this section's comparisons ({'; '.join(sds)}). The 95% half-width is "
+            "not this figure: a true effect as large as the half-width is detected only about half the time.", ""]
+
+
+REGIME = (("sweeps", "{} sweeps", 1.0, 1), ("never_visited", "{}% never visited", 100.0, 1),
+          ("first_visit_share", "{}% of samples first visits", 100.0, 1),
+          ("first_visits_end", "first visits done by {}% of training", 100.0, 1),
+          ("revisit_distance_D", "mean revisit distance {} D", 1.0, 2))
+
+
+def regime_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """One line with the section's data regime (``derived["regime"]``: sweeps of the data by the window, the
+    never-visited share, the share of samples that are first visits, when first visits end (fractions of
+    training), mean revisit distance in units of D), a range where rows differ; nothing where no row has it."""
+    regimes = [r for t in ts if t["kind"] == "pic" for r in t.get("regimes", []) if isinstance(r, dict)]
+    if not regimes:
+        return []
+    parts = []
+    for key, fmt, scale, nd in REGIME:
+        vs = sorted({round(float(r[key]) * scale, nd) for r in regimes if isinstance(r.get(key), (int, float))})
+        if vs:
+            parts.append(fmt.format(f"{vs[0]:.{nd}f}" if len(vs) == 1 else f"{vs[0]:.{nd}f}-{vs[-1]:.{nd}f}"))
+    return [f"regime: {', '.join(parts)}.", ""] if parts else []
+
+
+def _untrusted(t: dict[str, Any]) -> dict[int, str]:
+    """The seeds of a table row whose step time cannot be trusted, with why (``timing.contention``)."""
+    return {s: why for s, why in (t.get("timing") or {}).items() if why}
+
+
+def timing_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """The footnote of the † marks: whose step times were measured under contention or not recorded, and why;
+    such step times take part in no timing comparison."""
+    marked = [t for t in ts if _untrusted(t) and not math.isnan(t["step_ms_median"])]
+    if not marked:
+        return []
+    lines = []
+    unrec = [t for t in marked if set(_untrusted(t).values()) == {NOT_RECORDED}]
+    if unrec:
+        every = len(unrec) == len([t for t in ts if not math.isnan(t["step_ms_median"])])
+        lines.append("† step time not recorded as trusted: " + ("every cell of this section" if every else
+                     ", ".join(_md(_label(t)) for t in unrec)) + " ran before rows carried the load and CPU time "
+                     "of their training (`derived.timing`), so whether other work shared the cores is unknown; "
+                     "left out of any timing comparison.")
+    for t in marked:
+        if t in unrec:
+            continue
+        why = "; ".join(f"seed {s}: {w}" for s, w in sorted(_untrusted(t).items()))
+        lines.append(f"† {_md(_label(t))}: step time measured under contention ({why}); left out of any timing "
+                     "comparison.")
+    return lines + [""]
+
+
+def _step(t: dict[str, Any]) -> str:
+    mark = "†" if _untrusted(t) and not math.isnan(t["step_ms_median"]) else ""
+    return f"{_fmt(t['step_ms_median'], 1)}{mark} ({_fmt(t['step_ms_p90'], 1)})"
+
+
 def _same_run_lines(ts: list[dict[str, Any]]) -> list[str]:
     groups = sorted({tuple(t["same_run"]) for t in ts if t["same_run"]})
     return [f"‡ the same run in effect: {', '.join(g)} (K ≥ N = "
@@ -387,7 +487,8 @@ def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], pro
         preset, dev, cap, _ = section
         ts = [t for t in table if section_of(t) == section]
         own = [per_preset[preset], ""] if per_preset and per_preset.get(preset) != default else []
-        lines += [f"## preset `{preset}` on {dev}, CPU capability {cap}", ""] + _section_lines(ts) + own + [
+        lines += [f"## preset `{preset}` on {dev}, CPU capability {cap}", ""] + _section_lines(ts) + \
+                 regime_lines(ts) + own + [
                   "| cell | kind | n | kNN top-1 | linear top-1 | Δ kNN | Δ linear | step ms (p90) | img/s "
                   "| peak MiB | kNN values | linear values |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -395,11 +496,11 @@ def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], pro
             lines.append(
                 f"| {_md(_label(t))} | {t['kind']} | {t['n']} | {_pm(t['knn_top1_mean'], t['knn_top1_std'])} | "
                 f"{_pm(t['linear_top1_mean'], t['linear_top1_std'])} | "
-                f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_fmt(t['step_ms_median'], 1)} "
-                f"({_fmt(t['step_ms_p90'], 1)}) | {_fmt(t['images_per_s'], 0)} | {_fmt(t['peak_mem_mib'], 0)} | "
+                f"{_delta(t, 'knn_top1')} | {_delta(t, 'linear_top1')} | {_step(t)} | {_fmt(t['images_per_s'], 0)} | "
+                f"{_fmt(t['peak_mem_mib'], 0)} | "
                 f"{', '.join(_fmt(v) for v in t['knn_top1'])} | {', '.join(_fmt(v) for v in t['linear_top1'])} |")
         lines.append("")
-        lines += _same_run_lines(ts)
+        lines += _same_run_lines(ts) + timing_lines(ts) + mde_lines(ts)
         if plots and section in plots:
             lines += [f"![{name}, preset {preset}]({plots[section]})", ""]
     if reference:
@@ -418,7 +519,9 @@ def _problem_lines(warnings: list[str], problems: list[str]) -> list[str]:
 CSV_COLS = ["preset", "device", "cpu_capability", "digest", "dataset", "N", "image_size", "kind", "cell",
             "config_hash", "U_mean", "same_run", "n", "seeds", "knn_top1_mean", "knn_top1_std",
             "knn_top1", "linear_top1_mean", "linear_top1_std", "linear_top1", "delta_knn_top1", "ci_knn_top1",
-            "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "paired_n_linear_top1", "step_ms_median",
+            "p_knn_top1", "paired_n_knn_top1", "delta_linear_top1", "ci_linear_top1", "p_linear_top1",
+            "paired_n_linear_top1",
+            "step_ms_median", "step_time_untrusted",
             "step_ms_p90", "images_per_s", "peak_mem_mib", "train_wall_s", "final_loss", "reference_top1",
             "linear_minus_reference"]
 
@@ -430,16 +533,19 @@ def _csv_value(v: Any) -> str:
 
 
 def to_csv(table: list[dict[str, Any]], cols: list[str] = CSV_COLS) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
+    """CSV through pandas' writer, of the values as the table prints them (4 decimals, lists space-joined)."""
+    import pandas as pd
+
     for t in table:
         if "reference_top1" in cols and "reference_top1" not in t:
             r = reference.match(t["config"], t["derived"]) if t.get("kind") == "pic" else None
             t["reference_top1"] = r.top1 if r else float("nan")
             t["linear_minus_reference"] = t["linear_top1_mean"] - r.top1 if r else float("nan")
-        w.writerow([_csv_value(t.get(c, "")) for c in cols])
-    return buf.getvalue()
+        if "step_time_untrusted" in cols and "step_time_untrusted" not in t:
+            why = sorted(set(_untrusted(t).values())) if not math.isnan(t.get("step_ms_median", math.nan)) else []
+            t["step_time_untrusted"] = "; ".join(why)
+    frame = pd.DataFrame([[_csv_value(t.get(c, "")) for c in cols] for t in table], columns=cols, dtype=object)
+    return frame.to_csv(index=False, lineterminator="\n")
 
 
 def _esc(s: str) -> str:
@@ -452,19 +558,22 @@ def _tex_pm(mean: float, std: float) -> str:
     return f"${mean:.2f}$" if math.isnan(std) else f"${mean:.2f} \\pm {std:.2f}$"
 
 
+def _tex_mark(t: dict[str, Any]) -> str:
+    return r"$^\dagger$" if _untrusted(t) and not math.isnan(t["step_ms_median"]) else ""
+
+
 def to_latex(name: str, table: list[dict[str, Any]]) -> str:
     lines = [f"% {name}: generated by python -m pic_bench.tables; do not edit", r"\begin{tabular}{lllrrrrr}",
              r"\toprule", r"preset & cell & kind & $n$ & kNN top-1 & linear top-1 & $\Delta$ linear & step (ms) \\",
              r"\midrule"]
     for t in table:
-        d = t["delta_linear_top1"]
-        ci = t["ci_linear_top1"]
-        delta = "--" if t.get("is_default") or math.isnan(d) else (
-            f"${d:+.2f} \\pm {_fmt(ci)}$" if not math.isnan(ci) else f"${d:+.2f}$")
+        c = t.get("cmp_linear_top1")
+        delta = "--" if t.get("is_default") or c is None else f"${c.delta:+.2f}$" if not c.has_interval else (
+            f"${c.delta:+.2f}\\ [{c.lo:+.2f}, {c.hi:+.2f}]$" + ("" if c.detected else " n.d."))
         lines.append(f"{_esc(t['preset'])} & {_esc(_label(t))} & {_esc(t['kind'])} & {t['n']} & "
                      f"{_tex_pm(t['knn_top1_mean'], t['knn_top1_std'])} & "
                      f"{_tex_pm(t['linear_top1_mean'], t['linear_top1_std'])} & {delta} & "
-                     f"{_fmt(t['step_ms_median'], 1)} \\\\")
+                     f"{_fmt(t['step_ms_median'], 1)}{_tex_mark(t)} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
@@ -497,7 +606,7 @@ def _analysis_entries(rows: list[dict[str, Any]], kind: str, warnings: list[str]
     out = []
     for (preset, dev, chash, seed), r in sorted(latest.items(), key=lambda kv: kv[0]):
         e = {"preset": preset, "device": dev, "config_hash": chash, "seed": seed, "cell_dict": r.get("cell") or {},
-             "config": r["config"], **(r.get("derived") or {}), **r["metrics"]}
+             "config": r["config"], **(r.get("derived") or {}), **r["metrics"], "_row": r}
         e["scheduler"] = r["config"]["pic"]["scheduler"]
         out.append(e)
     return out
@@ -536,7 +645,7 @@ def visit_markdown(name: str, entries: list[dict[str, Any]], warnings: list[str]
 SCALING_COLS = ["preset", "device", "arm", "N", "K_effective", "B", "d", "head_ms_median", "head_ms_p90",
                 "step_ms_median", "step_ms_p90", "state_mib", "head_peak_mib", "step_peak_mib", "head_extra_mib",
                 "step_extra_mib", "peak_mem_kind", "head_floor_ms_median", "head_ratio_to_floor",
-                "head_speedup_vs_full", "implementation", "config_hash"]
+                "head_speedup_vs_full", "timing_untrusted", "implementation", "config_hash"]
 
 
 def _arm(config: dict[str, Any]) -> str:
@@ -558,13 +667,16 @@ def scaling_entries(rows: list[dict[str, Any]], default_cell: dict[str, Any] | N
     points = _analysis_entries(rows, "scaling", warnings)
     for p in points:
         p["arm"] = _arm(p["config"])
+        p["timing_untrusted"] = contention(p.pop("_row")) or ""
     full = {(p["preset"], p["device"], p["N"]): p for p in points
             if default_cell is not None and all(p["cell_dict"].get(k) == v for k, v in default_cell.items())}
     for p in points:
         for part in ("head", "step"):  # working memory: what the step needs beyond storing w and u
             p[f"{part}_extra_mib"] = p[f"{part}_peak_mib"] - p["state_mib"]
         f = full.get((p["preset"], p["device"], p["N"]))
-        p["head_speedup_vs_full"] = f["head_ms_median"] / p["head_ms_median"] if f else float("nan")
+        # no ratio of doubtful times
+        trusted = f is not None and not f["timing_untrusted"] and not p["timing_untrusted"]
+        p["head_speedup_vs_full"] = f["head_ms_median"] / p["head_ms_median"] if trusted else float("nan")
     skipped = []
     for r in rows:
         if r.get("kind") == "scaling" and r.get("status") == "skipped":
@@ -590,7 +702,8 @@ def scaling_markdown(name: str, points: list[dict[str, Any]], skipped: list[dict
                   "step peak MiB (beyond) | head speed-up vs default |", "|---|---|---|---|---|---|---|---|---|"]
         ps = [p for p in points if (p["preset"], p["device"]) == (preset, dev)]
         for p in sorted(ps, key=lambda p: (_arm_order(p["arm"]), p["N"], p["seed"], p["config_hash"])):
-            lines.append(f"| {p['arm']} | {p['N']:,} | {p['K_effective']:,} | {p['head_ms_median']:.2f} "
+            mark = "†" if p["timing_untrusted"] else ""
+            lines.append(f"| {p['arm']} | {p['N']:,} | {p['K_effective']:,} | {p['head_ms_median']:.2f}{mark} "
                          f"({p['head_ms_p90']:.2f}) | {p['step_ms_median']:.1f} ({p['step_ms_p90']:.1f}) | "
                          f"{p['state_mib']:.1f} | {_fmt(p['head_peak_mib'], 1)} ({_fmt(p['head_extra_mib'], 1)}) | "
                          f"{_fmt(p['step_peak_mib'], 1)} ({_fmt(p['step_extra_mib'], 1)}) | "
@@ -600,6 +713,12 @@ def scaling_markdown(name: str, points: list[dict[str, Any]], skipped: list[dict
         paths = sorted({p["head_path"] for p in ps if "head_path" in p})
         lines += [f"Measured by {', '.join(impl)}" + (f"; head path: {', '.join(paths)}" if paths else "")
                   + f"; peak memory kind: {', '.join(sorted({p['peak_mem_kind'] for p in ps}))}.", ""]
+        doubt = sorted({p["timing_untrusted"] for p in ps if p["timing_untrusted"]})
+        if doubt:
+            lines += ["† times not trusted, left out of the speed-up column (n/a): "
+                      + ("measured before rows carried the load and CPU time of their measurement (`derived.timing`),"
+                         " so whether other work shared the cores is unknown" if doubt == [NOT_RECORDED] else
+                         "; ".join(doubt)) + ".", ""]
         if plots and (preset, dev) in plots:
             lines += [f"![{name}, preset {preset}]({plots[(preset, dev)]})", ""]
     if skipped:
@@ -751,7 +870,7 @@ def _build_analysis(name, rows, kinds, default_cell, warnings, problems, out, pr
                         f"{', '.join(k for k in ANALYSIS_KINDS if k in kinds)} rows are shown")
     kind = next(k for k in ANALYSIS_KINDS if k in kinds)
     if kind == "visit_distance":
-        entries = _analysis_entries(rows, kind, warnings)
+        entries = [{k: v for k, v in e.items() if k != "_row"} for e in _analysis_entries(rows, kind, warnings)]
         skipped: list[dict[str, Any]] = []
         cols = VISIT_COLS
     else:

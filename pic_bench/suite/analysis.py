@@ -36,6 +36,7 @@ import torch
 from ..config import Ablation, Config, apply, config_hash
 from ..bench.memory import PeakMemory
 from ..report.results import append_row, has_row, make_row
+from ..report.timing import measure as measured
 from ..data.window import Schedule, make_schedule
 
 IMAGENET_1K_TRAIN = 1_281_167
@@ -202,7 +203,9 @@ def scaling_cells(cell: dict[str, Any], cfg: Config):
                 return ("skipped", {}, derived, device,
                         f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available")
             try:
-                return "ok", measure_point(point_cfg, N, device), derived, device, None
+                with measured(device) as segment:  # whether its times are the code's (report.timing)
+                    metrics = measure_point(point_cfg, N, device)
+                return "ok", metrics, {**derived, "timing": {"segments": [segment]}}, device, None
             except (MemoryError, torch.cuda.OutOfMemoryError) as e:  # the benchmark's finer estimate, or a real OOM
                 gc.collect()
                 if device.type == "cuda":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from ..data import sources as data_sources
 from ..data.probe import probe
 from ..files import WriteError, write_atomic, write_error
 from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
+from ..report.timing import measure
 
 
 # data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
@@ -132,6 +132,11 @@ class Task:
     @property
     def curve(self) -> Path:
         return Path(self.results_dir) / "curves" / self.ablation / f"{self.stem}.jsonl"
+
+    @property
+    def timing_file(self) -> Path:
+        """The timing segments (``report.timing``) of a training stopped by preemption, for the resumed run's row."""
+        return self.checkpoint.with_name(self.checkpoint.stem + "-timing.json")
 
     @property
     def trained_marker(self) -> Path:
@@ -296,6 +301,15 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_segments(task: Task) -> list[dict[str, Any]]:
+    """The timing segments of the task's training before its last preemption ([] if none or unreadable)."""
+    try:
+        segs = json.loads(task.timing_file.read_text())
+    except (OSError, ValueError):
+        return []
+    return [x for x in segs if isinstance(x, dict)] if isinstance(segs, list) else []
+
+
 def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
              progress: Callable[[int, int, float], None] | None = None, echo: bool = True) -> dict[str, Any]:
     """Runs one task in this process and appends its row (ok or failed). Returns the row.
@@ -360,9 +374,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         derived["evaluated_after_training"] = True  # in a later process or job than the one that trained
     elif trainer.step:
         derived["resumed_from_step"] = trainer.step
-    # helper C1's Trainer.train(curve=...) writes the file itself where it exists; otherwise our callback does
-    own_curve = "curve" in inspect.signature(trainer.train).parameters
-    curve = CurveWriter(task.curve, trainer, echo=echo, write=not own_curve and trained_here)
+    curve = CurveWriter(task.curve, trainer, echo=echo, write=False)  # Trainer.train(curve=...) writes the file
 
     def on_step(step: int, steps: int, loss: float) -> None:
         curve(step, steps, loss)
@@ -370,8 +382,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             progress(step, steps, loss)
 
     try:
-        kw = {"curve": task.curve} if own_curve and trained_here else {}
-        metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step, **kw)
+        earlier = read_segments(task) if trained_here and trainer.step else []  # before a preemption
+        with measure(trainer.device) as segment:  # load and CPU share: whether its step times are the code's
+            metrics = trainer.train(should_stop=should_stop, checkpoint=ckpt, progress=on_step,
+                                    curve=task.curve if trained_here else None)
+        if trained_here:
+            derived["timing"] = {"segments": earlier + [segment]}
         if marker is not None and not trained_here:
             # step times, memory and loss as the training process measured them (this one only loaded it)
             metrics.update(marker["metrics"])
@@ -391,7 +407,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
                 job = {k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_ARRAY_JOB_ID"),
                                                      ("slurm_array_task_id", "SLURM_ARRAY_TASK_ID"),
                                                      ("slurm_job", "SLURM_JOB_ID")) if v in os.environ}
-                kept = {k: derived[k] for k in ("resumed_from_step",) if k in derived}
+                kept = {k: derived[k] for k in ("resumed_from_step", "timing") if k in derived}
                 write_trained(task, step=trainer.step, metrics=metrics, backbone=str(backbone) if backbone else None,
                               bad=bad, derived={**kept, **({"train_job": job} if job else {})})
         if task.stage == "train":
@@ -409,6 +425,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
         row["backbone"] = str(backbone) if backbone else None
     except Preempted:
+        if trained_here and "segment" in locals():  # kept beside the checkpoint for the resumed run's row
+            task.timing_file.write_text(json.dumps(earlier + [segment]))
         raise
     except NonFiniteLoss as e:
         trainer.save(ckpt.with_name(ckpt.stem + "-failed.pt"))
@@ -418,7 +436,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, derived, trainer.device, e)
         raise
     append_row(row, Path(task.results_dir))
-    for done_with in (ckpt, task.trained_marker):
+    for done_with in (ckpt, task.trained_marker, task.timing_file):
         if done_with.is_file():
             done_with.unlink()
     eval_progress.clear()
