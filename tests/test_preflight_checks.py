@@ -14,16 +14,17 @@ from pic_bench.suite import preflight
 def test_head_check_runs_at_the_paper_precision_and_restores_torchs_flags(monkeypatch):
     calls = []
 
-    def stand_in(precision, device, deterministic):  # what set_precision does on CUDA, recorded
+    before = torch.backends.cuda.matmul.allow_tf32
+
+    def stand_in(precision, device, deterministic):  # set_precision sets torch's flags on CUDA only: recorded
         calls.append(precision)
-        torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
+        torch.backends.cuda.matmul.allow_tf32 = not before  # a flag the run changes, seen by the check
         return precision
 
     monkeypatch.setattr(train, "set_precision", stand_in)
-    before = torch.backends.cuda.matmul.allow_tf32
     out = preflight.check_head(torch.device("cpu"), 1)
     assert calls == [PRESETS["paper"]["run.precision"]] == ["bf16"]
-    assert out["status"] == "ok" and out["precision"] == "bf16" and out["tf32_matmul"] is True
+    assert out["status"] == "ok" and out["precision"] == "bf16" and out["tf32_matmul"] is (not before)
     assert torch.backends.cuda.matmul.allow_tf32 == before  # restored: later checks and tests see the same flags
 
 
