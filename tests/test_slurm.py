@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("submitit")  # the launcher imports it; a bare GPU machine may not carry it
+
 from pic_bench.suite import launch, run, status
 from pic_bench.config import ConfigError, load_ablation
 from pic_bench.report.results import read_rows, row_key, rows_file
