@@ -47,7 +47,12 @@ PLAIN = dict(jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, 
 
 
 def fashion(n: int) -> np.ndarray:
-    """The first n Fashion-MNIST training images, uint8 (n, 28, 28)."""
+    """The first n Fashion-MNIST training images, uint8 (n, 28, 28); where Fashion-MNIST is not installed (a bare
+    GPU machine running tests/test_dali_gpu.py), ``bench.loader.synthetic_glyphs``: class-shaped blobs."""
+    if not FASHION.exists():
+        from pic_bench.bench.loader import synthetic_glyphs
+
+        return synthetic_glyphs(n)[0]
     return _read_idx(FASHION)[:n]
 
 

@@ -5,7 +5,8 @@
   differs, and cuDNN's kernels are not bitwise reproducible across batch sizes).
 - A CUDA resume (run.deterministic=true, so cuDNN and cuBLAS pick reproducible kernels) ends bit-identical to an
   uninterrupted run: every loss, w, u and every parameter equal.
-- The step loop's only device syncs are at log steps (torch.cuda.set_sync_debug_mode reports every sync).
+- The step loop's only device syncs are at log steps (torch.cuda.set_sync_debug_mode reports every sync), with
+  batches through the loader (torchvision and DALI), K > 0, both pic.recent arms and the plain softmax.
 - bf16 autocast trains on the GPU, with channels_last.
 """
 from __future__ import annotations
@@ -106,10 +107,15 @@ def test_cuda_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(t.model.state_dict()[k], v), k
 
 
-def test_step_loop_syncs_with_the_gpu_only_at_log_steps():
-    t = Trainer(cfg(**{"optim.max_steps": 20, "optim.epochs": 10.0, "pic.K": 0, "run.log_every": 10}))
-    batches = [b.to(t.device) for b in t.loader.iterate(0, 20)]
-    t.loader = type("Preloaded", (), {"name": "preloaded", "iterate": lambda self, a, b: iter(batches[a:b])})()
+@pytest.mark.parametrize("loader", ["torchvision", "dali"])
+@pytest.mark.parametrize("recent, softmax", [("instances", "cosine"), ("positions", "cosine"),
+                                             ("instances", "plain")])
+def test_step_loop_syncs_with_the_gpu_only_at_log_steps(loader, recent, softmax):
+    """Batches come through the loader (Batch.to in the loop), K > 0, both pic.recent arms and the plain head."""
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali", reason="the DALI loader needs nvidia-dali")
+    t = Trainer(cfg(**{"optim.max_steps": 20, "optim.epochs": 10.0, "pic.K": 64, "pic.recent": recent,
+                       "pic.softmax": softmax, "run.log_every": 10, "data.loader": loader}))
     syncs: list[int] = []
 
     def record(message, category, filename, lineno, file=None, line=None):
@@ -124,7 +130,9 @@ def test_step_loop_syncs_with_the_gpu_only_at_log_steps():
             t.train()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert t.step == 20 and set(syncs) <= {10, 20}, sorted(set(syncs))
+    # steps 0 and 1: the instances ring counts its ids until it first fills (K = 64 = 2 batches); then log steps
+    assert t.step == 20 and set(syncs) <= {0, 1, 10, 20}, sorted(set(syncs))
+    assert not set(syncs) & set(range(2, 10)) and not set(syncs) & set(range(11, 20)), sorted(set(syncs))
 
 
 def test_bf16_trains_on_the_gpu_with_channels_last():

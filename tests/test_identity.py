@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("submitit")  # the launcher imports it; a bare GPU machine may not carry it
+
 from pic_bench.suite import launch, tasks as tasks_mod
 from pic_bench.config import apply, build, load_ablation
 from pic_bench.data.sources import encode_jpeg, load_source

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("submitit")  # the launcher imports it; a bare GPU machine may not carry it
+
 from pic_bench.suite import launch, run, status
 from pic_bench.config import ConfigError, load_ablation
 from pic_bench.report.results import read_rows, row_key, rows_file
@@ -128,7 +130,8 @@ def test_time_limit_check_uses_the_step_time_of_landed_rows(tmp_path, fake_slurm
     with pytest.raises(ConfigError, match=r"100 steps x 3 s/step \(the median step time of slurm_ci's landed "
                                           r"smoke rows\) = 300 s, but a job segment has 150 s"):
         launch.validate(cc, tasks, tmp_path / "results")
-    launch.validate(dataclasses.replace(cc, checkpoint_every=40), tasks, tmp_path / "results")  # 120 s fits
+    # 120 s fits; the whole run (320 steps x 3 s) needs 7 segments of 150 s: max_requeues 6 (issue 18)
+    launch.validate(dataclasses.replace(cc, checkpoint_every=40, max_requeues=6), tasks, tmp_path / "results")
 
 
 def test_missing_cluster_file_and_missing_sinfo_are_named(tmp_path, monkeypatch, capsys):

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             files, labels, _ = list_folder(Path(args.root))
             note = f"folder {Path(args.root).name}"
         else:
-            files, labels, _ = list_folder(generate_jpegs(Path(tmp), args.images))
+            files, labels, _ = list_folder(generate_jpegs(Path(tmp), args.images)[0])
             note = f"generated: {args.images} Fashion-MNIST images upscaled to 500x375 RGB JPEG (quality 90)"
         images = FolderSet(files[:args.images], labels[:args.images])
         model = PICModel(ModelConfig(arch=args.arch), 3).to(device).eval()

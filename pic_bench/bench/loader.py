@@ -4,7 +4,8 @@
     python -m pic_bench.bench.loader --root /data/imagenet --batch 256 --threads 8 --steps 40
 
 Without ``--root`` it writes 500x375 RGB JPEGs (the size of a typical ImageNet photo) made from Fashion-MNIST
-images, upscaled and tinted, into a tmp folder, and says so in every row. A sample is one image decoded and
+images (synthetic glyphs where Fashion-MNIST is not installed), upscaled and tinted, into a tmp folder, and says
+which in every row. A sample is one image decoded and
 augmented into ``--views`` views. Rows go to ``results/bench/loader-<machine>.json`` (``cpu<cores>`` or the GPU's
 name), replacing earlier rows of the same setting, each with the command, versions, device and load average.
 
@@ -31,7 +32,7 @@ from torchvision.transforms import v2 as T
 
 from ..config import Config, DataConfig, apply
 from ..data.augment import Recipe, recipes, torchvision_transform
-from ..data.sources import FASHION_MNIST_FILES, FolderSet, Source, _find_fashion_mnist, _idx, list_folder
+from ..data.sources import FASHION_MNIST_FILES, DatasetError, FolderSet, Source, _find_fashion_mnist, _idx, list_folder
 from ..data.torchvision_loader import TorchvisionLoader
 from ..report.results import device_key, device_name, provenance
 from ..report.timing import measure as timed, warn_if_contended
@@ -67,13 +68,41 @@ def with_pil_blur(r: Recipe) -> T.Compose:
     return T.Compose(ops)
 
 
-def generate_jpegs(folder: Path, n: int, H: int = 375, W: int = 500, seed: int = 0) -> Path:
-    """n Fashion-MNIST training images, upscaled (bicubic) to W x H and tinted with a random foreground and
-    background colour each, as RGB JPEGs (quality 90) in folder/train/<class>/. Returns folder/train."""
+def synthetic_glyphs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n 28 x 28 uint8 grey images of 10 classes without any dataset: a class-shaped blob (an ellipse whose axes
+    and angle follow the class) with random offset and smooth noise, so JPEG sizes and decode work resemble
+    Fashion-MNIST's upscaled photos' rather than flat colour. Returns (images (n, 28, 28), labels (n,))."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32)
+    y = np.arange(n) % 10
+    out = np.empty((n, 28, 28), np.uint8)
+    for i in range(n):
+        a, b, th = 4 + y[i] % 5 * 2, 12 - y[i] % 4 * 2, y[i] * np.pi / 10
+        cy, cx = 14 + rng.normal(0, 1.5, 2)
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+        blob = np.clip(1.5 - np.sqrt((u / a) ** 2 + (v / b) ** 2), 0, 1)
+        noise = rng.normal(0, 1, (7, 7)).repeat(4, 0).repeat(4, 1) * 0.15
+        out[i] = np.clip((blob + noise * blob) * 255, 0, 255).astype(np.uint8)
+    return out, y
+
+
+def generate_jpegs(folder: Path, n: int, H: int = 375, W: int = 500, seed: int = 0) -> tuple[Path, str]:
+    """n Fashion-MNIST training images (``synthetic_glyphs`` where Fashion-MNIST is not installed, e.g. on a bare
+    GPU machine), upscaled (bicubic) to W x H and tinted with a random foreground and background colour each, as
+    RGB JPEGs (quality 90) in folder/train/<class>/. Returns (folder/train, which images: "Fashion-MNIST" or
+    "synthetic")."""
     from PIL import Image
 
-    p = _find_fashion_mnist("")
-    x, y = _idx(p, FASHION_MNIST_FILES["train_images"])[:n], _idx(p, FASHION_MNIST_FILES["train_labels"])[:n]
+    try:
+        p = _find_fashion_mnist("")
+        x, y = _idx(p, FASHION_MNIST_FILES["train_images"])[:n], _idx(p, FASHION_MNIST_FILES["train_labels"])[:n]
+        kind = "Fashion-MNIST"
+    except DatasetError as e:  # not installed: no dataset needed for a throughput figure
+        print(f"bench.loader: Fashion-MNIST not found ({str(e).splitlines()[0]}): synthetic images",
+              file=sys.stderr)
+        x, y = synthetic_glyphs(n, seed)
+        kind = "synthetic"
     rng = np.random.default_rng(seed)
     for i in range(n):
         a = np.asarray(Image.fromarray(x[i]).resize((W, H), Image.BICUBIC), np.float32)[:, :, None] / 255
@@ -82,7 +111,7 @@ def generate_jpegs(folder: Path, n: int, H: int = 375, W: int = 500, seed: int =
         out = folder / "train" / f"c{int(y[i])}" / f"{i:05d}.jpg"
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgb).save(out, format="JPEG", quality=90)
-    return folder / "train"
+    return folder / "train", kind
 
 
 def cpu_seconds() -> float:
@@ -171,7 +200,7 @@ def write_rows(rows: list[dict], out_dir: Path, machine: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.bench.loader", description=__doc__.split("\n")[0])
     ap.add_argument("--root", default="", help="ImageNet-style folder (root/train/<class>/<img> or root/<class>/"
-                    "<img>); default: generate JPEGs from Fashion-MNIST in a tmp dir")
+                    "<img>); default: generate JPEGs from Fashion-MNIST (synthetic without it) in a tmp dir")
     ap.add_argument("--images", type=int, default=512, help="how many JPEGs to generate (without --root)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10, help="timed batches per loader")
@@ -196,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             args.images_note = f"folder {root}"
         else:
             t0 = time.perf_counter()
-            train = generate_jpegs(Path(tmp), args.images)
-            args.images_note = (f"generated: {args.images} Fashion-MNIST images upscaled to 500x375 RGB JPEG "
+            train, kind = generate_jpegs(Path(tmp), args.images)
+            args.images_note = (f"generated: {args.images} {kind} images upscaled to 500x375 RGB JPEG "
                                 f"(quality 90, tinted) in a tmp dir")
             print(f"no --root: {args.images_note} ({time.perf_counter() - t0:.1f} s)", flush=True)
         files, labels, _ = list_folder(train)

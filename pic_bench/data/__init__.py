@@ -42,6 +42,8 @@ class Batch:
         step: the global step this batch belongs to.
         skipped: images that failed to decode and were replaced (data.on_bad_image=skip), counted for the row.
         rows: (lo, hi), the rows of ``index`` that the views hold (default: all of them).
+        host_index: (B,) int64 on the host, ``index`` as the loader made it (kept by ``to``): what the recent-
+            negatives ring reads on the host instead of waiting for the device (None: ``index`` is on the host).
     """
 
     views: list[torch.Tensor]
@@ -50,21 +52,34 @@ class Batch:
     small_views: list[torch.Tensor] = field(default_factory=list)
     skipped: int = 0
     rows: tuple[int, int] | None = None
+    host_index: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.rows is None:
             self.rows = (0, int(self.index.numel()))
 
     def _map(self, fn) -> "Batch":
+        host = self.host_index if self.host_index is not None else \
+            (self.index if self.index.device.type == "cpu" else None)
         return Batch([fn(v) for v in self.views], fn(self.index), self.step, [fn(v) for v in self.small_views],
-                     self.skipped, self.rows)
+                     self.skipped, self.rows, host)
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked memory (what DataLoader(pin_memory=True) calls on each batch it yields)."""
         return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device) -> "Batch":
-        # asynchronous only from pinned memory: from pageable memory CUDA waits for the stream's queued work
-        # before it copies, so non_blocking would not overlap anything there
+        """The batch on ``device``; to CUDA without a host sync: a host tensor not in page-locked memory (the
+        DALI and batched loaders' index from ``torch.from_numpy``, any unpinned view) is pinned first (a host
+        copy, from torch's caching host allocator), then copied asynchronously. From pageable memory CUDA waits
+        for the stream's queued work before it copies: a blocking copy every step."""
         device = torch.device(device)
-        return self._map(lambda t: t.to(device, non_blocking=device.type == "cuda" and t.is_pinned()))
+        if device.type != "cuda":
+            return self._map(lambda t: t.to(device))
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if t.device.type == "cpu" and not t.is_pinned():
+                t = t.pin_memory()
+            return t.to(device, non_blocking=True)
+
+        return self._map(move)

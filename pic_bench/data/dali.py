@@ -308,6 +308,22 @@ def _dali_reason(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+def gpu_backend_missing() -> str | None:
+    """Why DALI cannot run its GPU operators here (no DALI, a CPU-only build, no CUDA device it can see), or None.
+    It asks DALI's backend and runs no graph: a GPU graph that fails is a failure to report, not a reason to skip."""
+    try:
+        from nvidia.dali import backend
+    except ImportError as e:
+        return f"nvidia.dali does not import: {e}"
+    try:
+        n = backend.GetCUDADeviceCount()
+    except (AttributeError, RuntimeError) as e:
+        return f"this DALI build has no CUDA backend: {e}"
+    if n < 1:
+        return "DALI sees no CUDA device (a CPU-only build, or none visible)"
+    return None
+
+
 class DaliLoader:
     """Iterates ``Batch`` for steps ``[start_step, end_step)``, the same batches whatever ``start_step`` is.
 

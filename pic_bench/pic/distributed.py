@@ -21,8 +21,10 @@ loading and the backbone split by rows of the batch. Concretely:
   ever sending w: the traffic per step is the backbone's gradients plus |U| x d for w_U (K = 65536, d = 128:
   32 MiB in float32). Sharding w by instance would cut memory at N in the millions; at ImageNet's 1.28 M x 128
   floats (0.6 GiB for w and u) replication is simpler and exact.
-- **BatchNorm** uses the global batch's statistics (``GlobalBatchNorm``, sums all-reduced with autograd), so
-  the function computed equals the one-process one; torch's SyncBatchNorm is GPU-only, this works on both.
+- **BatchNorm** uses the global batch's statistics (``SyncBatchNorm``: per-rank count, mean and M2 merged with
+  Chan's rule, a fused backward), so the function computed equals the one-process one; torch's SyncBatchNorm is
+  GPU-only (it refuses CPU tensors), this works on both. ``GlobalBatchNorm`` (sums of x and x^2 all-reduced with
+  autograd) is its plain reference.
 - **Agreement, at log steps only.** The losses since the last read, the stop request (preemption) and rank 0's
   "a timed checkpoint is due" travel in one all-reduce every ``run.log_every`` steps (and at checkpoint steps
   and the end), never per step: a per-step read would stall the GPU's queue. Every rank therefore stops, fails
@@ -106,7 +108,7 @@ class DataParallel(Single):
         return self.rank * b, (self.rank + 1) * b
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        model = GlobalBatchNorm.convert(model)
+        model = SyncBatchNorm.convert(model)
         with torch.no_grad():  # seeded alike already; the broadcast makes it a guarantee
             for t in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(t.data, src=0)
@@ -206,7 +208,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics are over the global batch (all ranks); eval uses running stats.
+    """The plain reference of ``SyncBatchNorm`` (what ``DataParallel`` used before issue 18): BatchNorm whose
+    training statistics are over the global batch (all ranks); eval uses running stats. About 25 times the aten
+    ops of ``nn.BatchNorm2d`` and several float copies of its input saved for backward.
 
     Mean and (biased) variance come from all-reduced per-channel sums of x and x^2 and the row count, through
     a differentiable all-reduce, so gradients flow to every rank's rows as they would
@@ -243,6 +247,110 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
         """Replaces every BatchNorm{1,2,3}d in ``module`` by a GlobalBatchNorm holding the same tensors."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            new.load_state_dict(module.state_dict())
+            new.train(module.training)
+            return new.to(next(iter(module.state_dict().values())).device)
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child))
+        return module
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+
+def _gather_stats(local: torch.Tensor) -> torch.Tensor:
+    """(W, *local.shape): every rank's ``local``, in rank order, in one collective; (1, ...) without a group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local[None]
+    W = dist.get_world_size()
+    out = local.new_empty(W * local.numel())  # flat: gloo wants (W * k,), NCCL takes it too
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, local.reshape(-1))
+    return out.view(W, *local.shape)
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """Training-mode BatchNorm over all ranks' rows, fused: the statistics of each rank's rows (count, mean, M2)
+    merged by Chan et al.'s pairwise rule, and a backward that all-reduces only the two per-channel sums BatchNorm's
+    input gradient needs. Saves what ``nn.BatchNorm2d`` saves (the input, the weight, mean and 1/std per channel).
+
+    The gradient returned for x is d(sum over ranks of each rank's loss)/dx, as the all-reduce with autograd of
+    ``GlobalBatchNorm`` gives; the weight and bias get this rank's share, averaged over ranks with the others'
+    gradients (``DataParallel.average_gradients``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        dims = [0] + list(range(2, x.dim()))  # every axis but the channels
+        # statistics in float32 also under bf16 autocast (a temporary, not saved)
+        var_r, mean_r = torch.var_mean(x if x.dtype == torch.float32 else x.float(), dims, correction=0)  # (C,)
+        # (3, C): mean, biased variance and row count per channel; the count by a fill, no host copy
+        local = torch.stack((mean_r, var_r, torch.full_like(mean_r, x.numel() // x.shape[1])))
+        m_r, v_r, n_r = _gather_stats(local).unbind(1)  # (W, C) each
+        n = n_r.sum(0)  # (C,)
+        share = n_r / n  # (W, C)
+        mean = (share * m_r).sum(0)  # (C,)
+        d = m_r - mean  # (W, C)
+        # Chan: M2 = sum_r M2_r + n_r (mean_r - mean)^2 with M2_r = n_r var_r; never E[x^2] - E[x]^2
+        var = (share * torch.addcmul(v_r, d, d)).sum(0)  # (C,) biased
+        if running_mean is not None:
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var * n / (n - 1), momentum)  # unbiased, as nn.BatchNorm keeps it
+        invstd = (var + eps).rsqrt_()  # (C,)
+        ctx.save_for_backward(x, weight, mean, invstd, n)
+        ctx.eps = eps
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, invstd, n = ctx.saved_tensors
+        C = x.shape[1]
+        w = weight if weight is not None else torch.ones_like(mean)
+        # this rank's sum(dy * xhat) and sum(dy) per channel, in one fused kernel, with the global mean and 1/std
+        _, g_w, g_b = torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, None, None, mean, invstd, True, ctx.eps, [False, True, True])
+        s_w, s_b = (_all_reduce_sum(torch.cat([g_w, g_b]).float()).view(2, C) / n).unbind(0)  # global means
+        shape = [1, C] + [1] * (x.dim() - 2)
+        a = w * invstd  # (C,)
+        b = a * invstd * s_w  # (C,)
+        c = torch.addcmul(b * mean, a, s_b, value=-1)  # (C,)
+        # dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)) = a dy - b x + c, means over the global batch
+        dx = torch.addcmul(c.view(shape), x, b.view(shape), value=-1).addcmul_(dy, a.view(shape)).to(x.dtype)
+        return (dx, g_w.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None,
+                g_b.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None,
+                None, None, None, None)
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are over the global batch (all ranks); eval uses running stats.
+
+    The fused path ``DataParallel`` uses: torch's ``nn.SyncBatchNorm`` refuses CPU tensors (its kernels are CUDA
+    only), this runs on gloo and NCCL alike. Per rank: ``var_mean`` of its rows, one all-gather of (mean, var,
+    count) per channel merged with Chan's rule, ``F.batch_norm`` with the merged statistics; backward: one fused
+    reduction, one all-reduce of 2C sums, two elementwise kernels. ``GlobalBatchNorm`` below is its plain reference
+    (differentiable all-reduce of sums), kept for the tests that compare the two."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        m = self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if m is None:  # cumulative average: 1 / num_batches_tracked (a host value only in this rare mode)
+                m = 1.0 / float(self.num_batches_tracked)
+        rm, rv = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        return _SyncBatchNormFn.apply(x, self.weight, self.bias, rm, rv, m, self.eps)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replaces every BatchNorm{1,2,3}d in ``module`` by one of this class holding the same tensors."""
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
             new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
             new.load_state_dict(module.state_dict())

@@ -181,16 +181,17 @@ def loss_and_grads(z: torch.Tensor, rows: Rows, target: torch.Tensor, tau: float
     S = torch.mm(zt, wn.t(), out=ws.get("S", (B, K), torch.float32, dev))  # (B, K) logits
     t = target.view(B, 1)
     s_t = S.gather(1, t)  # (B, 1) the positive's logit, kept before S becomes P
+    # Cosine logits lie in [-1/tau, 1/tau], so p_t >= exp(-2/tau) / K: when that cannot underflow, no check.
+    # Otherwise (plain logits) the exact logsumexp of every row is read before S becomes P (one pass over S, no
+    # second matmul) and taken where the positive's probability underflowed: a select, not a branch on the
+    # device's answer (``bool(bad.any())`` waited for the device every step).
+    bounded = cosine and 2.0 / tau + math.log(K) < -math.log(TINY_P)
+    lse = None if bounded else torch.logsumexp(S, dim=1, keepdim=True)  # (B, 1)
     P = torch.ops.aten._softmax.out(S, 1, False, out=S)  # (B, K), in place
     p_t = P.gather(1, t)  # (B, 1)
     losses = -torch.log(p_t)  # (B, 1) = logsumexp_j S_ij - S_i,t_i
-    # Cosine logits lie in [-1/tau, 1/tau], so p_t >= exp(-2/tau) / K: when that cannot underflow, skip the
-    # check (on a GPU it would wait for the device every step).
-    bounded = cosine and 2.0 / tau + math.log(K) < -math.log(TINY_P)
-    bad = None if bounded else p_t < TINY_P
-    if bad is not None and bool(bad.any()):  # the positive's probability underflowed: exact lse from the logits
-        r = bad.view(B).nonzero().view(-1)
-        losses[r] = torch.logsumexp(zt[r] @ wn.t(), dim=1, keepdim=True) - s_t[r]
+    if lse is not None:  # the positive's probability underflowed: exact lse from the logits
+        losses = torch.where(p_t < TINY_P, lse - s_t, losses)
     loss = losses.mean()
     P.scatter_add_(1, t, torch.full((B, 1), -1.0, device=dev))  # (B, K) B * G = P - Y
     c = scale / B

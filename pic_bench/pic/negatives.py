@@ -10,7 +10,9 @@ Two readings of "the K most recently visited instances" (``pic.recent``):
   memory, and once full every shape is fixed (no host sync on a GPU).
 - ``positions`` (what every row before ``pic.recent`` existed ran): the distinct instances among the last K
   *stream positions*. The last K positions may name an instance twice (the windows overlap by D - S), so
-  |U| <= K, and well below K when K > D / 2 (measured: |U| / K ~ 0.56 at K = 2 D).
+  |U| <= K, and well below K when K > D / 2 (measured: |U| / K ~ 0.56 at K = 2 D). |U| changes from step to
+  step; it is counted on the host (a mirror of the ring's ids from ``Batch.host_index``, with how often each id
+  is held: 4 N bytes), so the device never has to report it (``unique_known``, not ``torch.unique``).
 
 U is returned sorted and distinct (``head`` and ``update`` rely on it: K = N gives every row in order), and
 ``target[i]`` is the position of the batch's i-th instance in U. K must be at least the batch (otherwise the
@@ -30,6 +32,21 @@ from ..data.window import Schedule
 RECENT = ("instances", "positions")
 
 
+def unique_known(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(x, sorted=True, return_inverse=True)`` when the number of distinct values ``n`` is known on
+    the host: fixed shapes only, so no host sync on a GPU (torch.unique waits for the device to learn its size).
+
+    Args: x: (M,) int64; n: its number of distinct values. Returns: U (n,) sorted distinct, inv (M,) with
+    U[inv] == x."""
+    s, order = torch.sort(x)  # (M,)
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[1:] = s[1:] != s[:-1]
+    rank = torch.cumsum(first, 0) - 1  # (M,) position of each sorted value in U
+    U = torch.empty(n, dtype=x.dtype, device=x.device).scatter_(0, rank, s)  # equal values write alike
+    inv = torch.empty_like(rank).scatter_(0, order, rank)  # (M,)
+    return U, inv
+
+
 class RecentNegatives:
     def __init__(self, N: int, K: int, device: torch.device, recent: str = "instances"):
         """K = 0 (or K >= N with every instance seen) means all N instances."""
@@ -45,10 +62,15 @@ class RecentNegatives:
         if recent == "instances":
             self.ring_t = torch.full((K,), -1, dtype=torch.long, device=device)  # last visit of each ring id
             self.n = 0  # distinct ids held (< K only until the ring first fills; then K for good)
+        else:  # the ring's ids on the host too, with how often each is held: |U| known without the device
+            self.host_ring = np.full(K, -1, dtype=np.int64)
+            self.held = np.zeros(N, dtype=np.int32)  # copies of each id in the ring (4 N bytes on the host)
+            self.distinct = 0  # ids with held > 0: |U|
 
     # ---- positions: the last K stream positions
-    def push(self, index: torch.Tensor) -> None:
-        """Records the batch's instance indices (B,) as the most recent visits."""
+    def push(self, index: torch.Tensor, host_index: torch.Tensor | None = None) -> None:
+        """Records the batch's instance indices (B,) as the most recent visits (``host_index``: the same on the
+        host, if ``index`` is not; without it a device index is copied to the host, which waits for the device)."""
         if self.full:
             return
         if self.recent == "instances":
@@ -58,7 +80,21 @@ class RecentNegatives:
         take = index[-self.K:] if B > self.K else index  # only the last K can survive
         first = self.count + B - take.numel()
         self.ring[(first + torch.arange(take.numel(), device=self.device)) % self.K] = take
+        slots = (first + np.arange(take.numel())) % self.K  # the same slots, on the host
+        host = (host_index if host_index is not None else index).cpu().numpy()
+        self._hold(slots, host[-self.K:] if B > self.K else host)
         self.count += B
+
+    def _hold(self, slots: np.ndarray, ids: np.ndarray) -> None:
+        """The host mirror: ``ids`` replace the ring's ``slots``; ``distinct`` follows (O(B), never O(N) or K)."""
+        out = self.host_ring[slots]
+        out = out[out >= 0]
+        touched = np.unique(np.concatenate([out, ids]))
+        before = int((self.held[touched] > 0).sum())
+        np.subtract.at(self.held, out, 1)
+        np.add.at(self.held, ids, 1)
+        self.host_ring[slots] = ids
+        self.distinct += int((self.held[touched] > 0).sum()) - before
 
     # ---- instances: the K most recently visited distinct instances
     def _merge(self, index: torch.Tensor) -> None:
@@ -80,11 +116,13 @@ class RecentNegatives:
         if self.n < self.K:  # host sync only until the ring first fills
             self.n = int((top.values >= 0).sum())
 
-    def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pushes the batch, then returns (U, target).
+    def select(self, index: torch.Tensor, host_index: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pushes the batch, then returns (U, target), without a host sync when the index's host copy is given.
 
         Args:
             index: (B,) int64 instance indices of the batch.
+            host_index: the same on the host (``Batch.host_index``), or None when ``index`` is there.
         Returns:
             U: (|U|,) int64 distinct instance indices whose rows enter the softmax (sorted).
             target: (B,) int64 position of each index[i] in U.
@@ -96,13 +134,13 @@ class RecentNegatives:
         if self.K < B:
             raise ValueError(f"RecentNegatives: K={self.K} is smaller than the batch (B={B}); the batch's own "
                              "instances must all be among the K recent ones")
-        self.push(index)
+        self.push(index, host_index)
         if self.recent == "instances":
             U = (self.ring if self.n == self.K else self.ring[: self.n]).sort().values  # (|U|,)
             self._meter(U.numel())
             return U, torch.searchsorted(U, index)
         valid = self.ring if self.count >= self.K else self.ring[: self.count]
-        U, inv = torch.unique(valid, sorted=True, return_inverse=True)
+        U, inv = unique_known(valid, self.distinct)
         self._meter(U.numel())
         if B == self.K:  # the ring holds only this batch
             return U, torch.searchsorted(U, index)
@@ -118,12 +156,16 @@ class RecentNegatives:
         if self.recent == "instances":
             self._refill_instances(schedule, positions_done)
             return
+        self.host_ring.fill(-1)
+        self.held[:] = 0
+        self.distinct = 0
         start = max(0, positions_done - self.K)
         recent = schedule.positions(start, positions_done - start)
         if len(recent):
             # Write as if pushed in order so that slot positions match an uninterrupted run.
             self.count = start
-            self.push(torch.from_numpy(np.ascontiguousarray(recent)).to(self.device))
+            host = torch.from_numpy(np.ascontiguousarray(recent, dtype=np.int64))
+            self.push(host.to(self.device), host)
 
     def lookback(self, P: int) -> int:
         """The first stream position ``refill(schedule, P)`` usually reads (the checkpoint keeps the scheduler's

@@ -302,7 +302,7 @@ class Trainer:
         lr = float(self.lr[self.step])
         for group in self.opt.param_groups:
             group["lr"] = lr
-        U, target = self.negatives.select(batch.index)  # (|U|,), (B,)
+        U, target = self.negatives.select(batch.index, batch.host_index)  # (|U|,), (B,)
         cosine = p.softmax == "cosine"
         lo, hi = batch.rows  # this rank's rows of the global batch: the loader decoded only these (views are hi - lo)
         # --- fast head (pic_bench.pic.head): same loss, gradients and update as the plain path below, computed in

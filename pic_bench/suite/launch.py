@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import signal
 import statistics
@@ -204,9 +205,15 @@ def describe_resources(cc: ClusterConfig) -> str:
             f"{cc.mem_gb:g} GB/node, {cc.time_min} min" + (f", partition {cc.partition}" if cc.partition else ""))
 
 
-def plan_resources(cc: ClusterConfig, task: Task) -> str:
-    """What a task would be submitted as, with its resources (for the dry run)."""
+def plan_resources(cc: ClusterConfig, task: Task, results_dir: Path | None = None) -> str:
+    """What a task would be submitted as, with its resources (for the dry run); with ``results_dir``, a task
+    that trains also gets its budget: segments, checkpoint count and bytes, host memory (``plan.budget``)."""
     stage = stage_of(task, cc)
+    if stage in ("train", "all") and results_dir is not None:
+        from .plan import describe_budget
+
+        b, src = task_budget(cc, task, results_dir)
+        return f"{plan_resources(cc, task)}; its training: {describe_budget(b, src)}"
     if stage == "train":
         return (f"SLURM train task ({describe_resources(cc.for_stage('train'))}), then its eval task "
                 f"({describe_resources(cc.for_stage('eval'))})")
@@ -270,7 +277,9 @@ def checkpoint_every(task: Task, cc: ClusterConfig) -> int:
 def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster",
              origins: dict[str, str] | None = None) -> None:
     """Refuses, before anything is submitted: a partition sinfo does not list; a time limit that leaves no
-    time to train or cannot hold one checkpoint interval (step time from ``step_s`` or the landed rows).
+    time to train or cannot hold one checkpoint interval (step time from ``step_s``, the landed rows or the
+    preset's assumption: ``step_time``); a training task its resources cannot carry (``check_budget``: too few
+    segments, too little host memory, a large checkpoint written every few seconds).
     Each refusal names where its value came from (``origins``: key -> file or command line; else ``where``)."""
     origins = origins or {}
     known = partitions()
@@ -288,18 +297,95 @@ def validate(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str
             f"{cc.signal_delay_s} s before the limit and a job needs about {STARTUP_S} s to start, which leaves "
             f"{usable} s to train")
     for ablation, preset in sorted({(t.ablation, t.preset) for t in tasks if t.kind == "pic"}):
-        step_s = cc.step_s or landed_step_s(results_dir, ablation, preset)
+        step_s, src = step_time(cc, results_dir, ablation, preset)
         if not step_s:
             continue
         every = max(checkpoint_every(t, cc) for t in tasks if (t.ablation, t.preset) == (ablation, preset))
         need = every * step_s
         if every and need > usable:
-            src = "step_s" if cc.step_s else f"the median step time of {ablation}'s landed {preset} rows"
             raise ConfigError(
                 f"{where}: time_min={cc.time_min} is too short for one checkpoint interval: {every} steps x "
                 f"{step_s:.3g} s/step ({src}) = {need:.0f} s, but a job segment has {usable} s to train "
                 f"(time_min x 60 - signal_delay_s - {STARTUP_S} s start-up); raise time_min or lower "
                 f"checkpoint_every")
+    check_budget(cc, tasks, results_dir, where, origins)
+
+
+def step_time(cc: ClusterConfig, results_dir: Path, ablation: str, preset: str) -> tuple[float | None, str]:
+    """(seconds per step, where it came from): the cluster's ``step_s``, else the median of the landed rows of
+    this ablation and preset, else ``plan.ASSUMED_STEP_S`` for the preset (None when there is none)."""
+    from .plan import ASSUMED_STEP_S
+
+    if cc.step_s:
+        return cc.step_s, "step_s"
+    landed = landed_step_s(results_dir, ablation, preset)
+    if landed:
+        return landed, f"the median step time of {ablation}'s landed {preset} rows"
+    if preset in ASSUMED_STEP_S:
+        return ASSUMED_STEP_S[preset], f"assumed for the {preset} preset, not measured; set step_s to override"
+    return None, f"no step_s and no landed {preset} rows"
+
+
+def task_budget(cc: ClusterConfig, task: Task, results_dir: Path) -> tuple[dict[str, Any], str]:
+    """``plan.budget`` of a task's training under these settings (its training resources), with the step time's
+    source."""
+    from . import plan
+    from .tasks import data_sizes
+
+    train = cc.for_stage("train")
+    N, _, channels = data_sizes(task.cfg)
+    step_s, src = step_time(cc, Path(results_dir), task.ablation, task.preset)
+    segment_s = train.time_min * 60 - train.signal_delay_s - STARTUP_S
+    b = plan.budget(task.cfg, N, channels, step_s, checkpoint_every(task, cc), segment_s, cc.max_requeues + 1,
+                    train.tasks_per_node, train.gpus_per_node > 0 and task.cfg.run.device != "cpu")
+    return b, src
+
+
+def check_budget(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where: str = "cluster",
+                 origins: dict[str, str] | None = None) -> None:
+    """Refuses a training task its resources cannot carry (the estimates and assumptions: ``plan``'s section
+    "what a training task asks"): a run longer than (max_requeues + 1) segments, host memory below what the node's
+    ranks need, a large checkpoint written more often than every ``plan.MIN_CHECKPOINT_S`` seconds."""
+    from .plan import MIN_CHECKPOINT_S, SMALL_CHECKPOINT_BYTES, fmt_bytes, fmt_seconds
+
+    origins = origins or {}
+    seen = set()
+    for t in tasks:
+        if t.kind != "pic" or stage_of(t, cc) not in ("train", "all"):
+            continue
+        key = (t.ablation, t.preset, t.cfg.data, t.cfg.model, t.cfg.pic.storage, t.cfg.optim,
+               t.cfg.run.checkpoint_every, t.cfg.run.checkpoint_minutes, t.cfg.run.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        b, src = task_budget(cc, t, results_dir)
+        what = f"{t.ablation} at the {t.preset} preset"
+        need = b["host_bytes"] / 2**30
+        if need > cc.mem_gb:
+            raise ConfigError(
+                f"{origins.get('mem_gb', where)}: mem_gb={cc.mem_gb:g} is below what {what} needs on a node: "
+                f"{cc.tasks_per_node} rank(s) x (torch, CUDA's host side, {t.cfg.data.workers} loader worker(s), "
+                f"the {fmt_bytes(b['checkpoint_bytes'])} training state) + rank 0's copy while saving = "
+                f"{need:.1f} GiB (estimate, see pic_bench/suite/plan.py); raise mem_gb")
+        if not b["step_s"]:
+            continue
+        if b["segments"] is not None and b["segments"] > b["max_segments"]:
+            raise ConfigError(
+                f"{origins.get('time_min', origins.get('max_requeues', where))}: time_min={cc.time_min} and "
+                f"max_requeues={cc.max_requeues} cannot carry {what}: {b['steps']} steps x {b['step_s']:.3g} "
+                f"s/step ({src}) = {fmt_seconds(b['run_s'])} needs {b['segments']} job segments, but a task "
+                f"gets at most (max_requeues + 1) = {b['max_segments']}; raise time_min or max_requeues")
+        if b["interval_s"] is not None and b["interval_s"] < MIN_CHECKPOINT_S and \
+                b["checkpoint_bytes"] > SMALL_CHECKPOINT_BYTES:
+            every = checkpoint_every(t, cc)
+            key_name = "checkpoint_every" if cc.checkpoint_every else "run.checkpoint_every"
+            at_least = math.ceil(MIN_CHECKPOINT_S / b["step_s"])
+            raise ConfigError(
+                f"{origins.get('checkpoint_every', where) if cc.checkpoint_every else 'the run config'}: "
+                f"{key_name}={every} writes {what}'s {fmt_bytes(b['checkpoint_bytes'])} checkpoint every "
+                f"{b['interval_s']:.0f} s ({every} steps x {b['step_s']:.3g} s/step, {src}), about "
+                f"{b['checkpoints']} times; write one at most every {MIN_CHECKPOINT_S} s: set checkpoint_every "
+                f">= {at_least}")
 
 
 # ---- what runs inside an array task

@@ -21,6 +21,7 @@ Our interpretation, where a plan has to choose:
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,98 @@ def describe(task: Task, results_dir: str | Path, resources: str | None = None,
     if resources:
         parts.append(f"on {resources}")
     return ", ".join(parts)
+
+
+# ---- what a training task asks of its cluster resources (``launch.validate`` refuses what cannot carry it)
+#
+# Estimates, stated here so a refusal can say what it assumed (none measured on a GPU: no GPU was lent to the
+# session that wrote them; override the step time with ``--slurm step_s=...``):
+# - step time when neither the cluster's ``step_s`` nor landed rows give one: ``ASSUMED_STEP_S`` per preset. The
+#   paper preset's 0.1 s is ResNet-50 at 64 images per GPU in bf16 on an A100/H100 (about 2,500 images/s over
+#   4 GPUs) with the loader keeping up; other presets have no assumption (their checks wait for landed rows).
+# - host memory of one rank: the process with torch imported (``RANK_BASE_GIB``, 0.5 GiB measured on the CPU),
+#   CUDA's host side when the task has GPUs (``CUDA_HOST_GIB``), the training state built on the host first (the
+#   checkpoint's tensors: w and u at N x d, the network and its momentum), and ``WORKER_GIB`` per loader worker;
+#   rank 0 holds one more host copy of the state while it writes a checkpoint.
+# - a checkpoint larger than ``SMALL_CHECKPOINT_BYTES`` may be written at most every ``MIN_CHECKPOINT_S``.
+ASSUMED_STEP_S = {"paper": 0.1}
+RANK_BASE_GIB = 0.5
+CUDA_HOST_GIB = 1.0
+WORKER_GIB = 0.25
+MIN_CHECKPOINT_S = 180
+SMALL_CHECKPOINT_BYTES = 64 * 2**20
+
+
+@functools.lru_cache(maxsize=None)
+def _model_bytes(model_cfg, channels: int) -> tuple[int, int]:
+    """(parameter bytes, buffer bytes) of a config's network, built on the meta device (no memory)."""
+    from ..pic.model import PICModel
+
+    with torch.device("meta"):
+        m = PICModel(model_cfg, channels)
+    params = sum(p.numel() * p.element_size() for p in m.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in m.buffers())
+    return params, buffers
+
+
+def checkpoint_bytes(cfg: Config, N: int, channels: int) -> int:
+    """Bytes of one training checkpoint: the network's parameters and buffers, SGD's momentum (one buffer per
+    parameter), and w and u (N x d each, in ``pic.storage``). RNG states, meters and the scheduler's position are
+    small beside them and left out."""
+    params, buffers = _model_bytes(cfg.model, channels)
+    d = cfg.model.dim if cfg.model.head != "none" else feature_dim(cfg.model, channels)
+    per_value = 4 if cfg.pic.storage == "float32" else 2
+    return 2 * params + buffers + 2 * N * d * per_value
+
+
+def host_bytes_per_node(cfg: Config, N: int, channels: int, tasks_per_node: int, gpus: bool) -> int:
+    """Host memory the ranks of one node need (the estimate above): tasks_per_node x one rank's, plus rank 0's
+    copy of the state while it saves."""
+    state = checkpoint_bytes(cfg, N, channels)
+    rank = (RANK_BASE_GIB + (CUDA_HOST_GIB if gpus else 0.0) + WORKER_GIB * cfg.data.workers) * 2**30 + state
+    return int(tasks_per_node * rank + state)
+
+
+def budget(cfg: Config, N: int, channels: int, step_s: float | None, every: int, segment_s: float,
+           max_segments: int, tasks_per_node: int, gpus: bool) -> dict[str, Any]:
+    """What one training task asks of its resources.
+
+    Args:
+        step_s: seconds per step (None: unknown; then the times, segments and checkpoint count are None).
+        every: the periodic checkpoint interval in steps (0 = none; ``run.checkpoint_minutes`` still applies).
+        segment_s: seconds of training one job segment has (time limit - signal delay - start-up).
+        max_segments: max_requeues + 1.
+    Returns:
+        {"steps", "step_s", "run_s", "segments", "max_segments", "interval_s" (seconds between checkpoints),
+        "checkpoints" (periodic and timed ones plus one per requeue), "checkpoint_bytes", "written_bytes",
+        "host_bytes" (per node)}.
+    """
+    from ..pic.train import derive
+
+    steps = derive(cfg, N)["steps"]
+    out: dict[str, Any] = {"steps": steps, "step_s": step_s, "run_s": None, "segments": None,
+                           "max_segments": max_segments, "interval_s": None, "checkpoints": None,
+                           "checkpoint_bytes": checkpoint_bytes(cfg, N, channels),
+                           "host_bytes": host_bytes_per_node(cfg, N, channels, tasks_per_node, gpus)}
+    if step_s:
+        run_s = steps * step_s
+        segments = max(1, math.ceil(run_s / segment_s)) if segment_s > 0 else None
+        intervals = [s for s in (every * step_s if every else 0, cfg.run.checkpoint_minutes * 60) if s > 0]
+        interval = min(intervals) if intervals else None
+        periodic = int(run_s // interval) if interval else 0
+        out.update(run_s=run_s, segments=segments, interval_s=interval,
+                   checkpoints=periodic + ((segments or 1) - 1))
+        out["written_bytes"] = out["checkpoints"] * out["checkpoint_bytes"]
+    return out
+
+
+def describe_budget(b: dict[str, Any], step_src: str) -> str:
+    """'1000912 steps x 0.1 s/step (assumed ...) = 27 h 48 min: 3 segment(s) of at most 6, 58 checkpoint(s) x
+    1.4 GiB = 83.0 GiB written, host memory 21.0 GiB/node' (one line of the dry run)."""
+    host = f"host memory {fmt_bytes(b['host_bytes'])}/node (estimate)"
+    if not b["step_s"]:
+        return (f"{b['steps']} steps, step time unknown ({step_src}): segments and checkpoint count unknown, "
+                f"checkpoint {fmt_bytes(b['checkpoint_bytes'])}, {host}")
+    return (f"{b['steps']} steps x {b['step_s']:.3g} s/step ({step_src}) = {fmt_seconds(b['run_s'])}: "
+            f"{b['segments']} segment(s) of at most {b['max_segments']}, {b['checkpoints']} checkpoint(s) x "
+            f"{fmt_bytes(b['checkpoint_bytes'])} = {fmt_bytes(b['written_bytes'])} written, {host}")

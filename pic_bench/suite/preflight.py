@@ -11,11 +11,13 @@ Checks, in order (each {"status": "ok" | "failed" | "not run", ...}):
 - ``gpus``: one distinct GPU per rank: every local rank of the node (one per visible GPU) resolves
   ``distributed.local_device`` to its own GPU (by UUID).
 - ``all_reduce``: an all-reduce across every rank of the node: NCCL over every GPU; gloo across 2 local
-  processes on the CPU.
+  processes on the CPU. One GPU: "not run" ("1 GPU: NCCL not exercised"), never a silent pass.
 - ``dali_decode``: DALI decodes real JPEGs (written with ``data.sources.encode_jpeg``) into a training batch in
-  the scheduler's order: ``mixed`` (nvJPEG) on the GPU, the CPU decoder without one.
+  the scheduler's order: ``mixed`` (nvJPEG) on the GPU, the CPU decoder without one; ``memory_mib``: the memory
+  it took (DALI's pool: device memory on the GPU, host RSS on the CPU).
 - ``head``: the fast head step (Triton kernels on the GPU) against its plain reference on fresh random inputs;
-  its median time (target <= 0.25 ms on the GPU at K = 65536, B = 256, d = 128).
+  its median time (target <= 0.25 ms on the GPU at K = 65536, B = 256, d = 128), under the math flags the paper
+  preset's ``run.precision`` sets (``train.set_precision``; recorded as ``precision`` and ``tf32_matmul``).
 - ``step``: one PIC training step (``Trainer.train_step``) timed against the backbone alone (forward, backward
   and SGD step of the same network on the same images with a trivial loss): on the GPU a bf16 ResNet-50 at
   224 px, B = 256, K = 65536 (target: within 5 %); on the CPU the smoke preset's network (timed, no target).
@@ -97,11 +99,13 @@ def _rank(rank: int, world: int, port: int, backend: str, out: str) -> None:
     Path(out).write_text(json.dumps(result))
 
 
-def check_ranks(cuda: bool, timeout_s: float = 180) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(gpus, all_reduce): one process per GPU (NCCL), or 2 CPU processes (gloo)."""
+def check_ranks(cuda: bool, timeout_s: float = 180, world: int | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(gpus, all_reduce): one process per GPU (NCCL), or 2 CPU processes (gloo); ``world`` overrides the count.
+    With one rank the all-reduce crosses nothing: recorded as "not run" ("1 GPU: NCCL not exercised")."""
     import torch.multiprocessing as mp
 
-    world = torch.cuda.device_count() if cuda else 2
+    world = world or (torch.cuda.device_count() if cuda else 2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -130,6 +134,7 @@ def check_ranks(cuda: bool, timeout_s: float = 180) -> tuple[dict[str, Any], dic
         reduce["why"] = "; ".join(errors)
     elif reduce["status"] == "failed":
         reduce["why"] = f"wrong sums {[x.get('sum') for x in results]}, want {world * (world + 1) / 2}"
+    single_rank(reduce, cuda)
     if not cuda:
         return dict(NO_CUDA), reduce
     uuids = [x.get("uuid") for x in results]
@@ -138,6 +143,29 @@ def check_ranks(cuda: bool, timeout_s: float = 180) -> tuple[dict[str, Any], dic
     if None in uuids or len(set(uuids)) != world:
         gpus.update(status="failed", why=f"ranks do not each have their own GPU: {uuids}")
     return gpus, reduce
+
+
+def single_rank(reduce: dict[str, Any], cuda: bool) -> dict[str, Any]:
+    """An all-reduce of one rank that ran fine is not a pass: nothing crossed a process (or GPU) boundary."""
+    if reduce.get("ranks") == 1 and reduce["status"] == "ok":
+        reduce.update(status="not run", why="1 GPU: NCCL not exercised" if cuda else "1 rank: gloo not exercised")
+    return reduce
+
+
+def _rss_mib() -> float | None:
+    """This process's resident memory (Linux /proc), MiB."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _memory_mib(device: torch.device) -> float | None:
+    """Memory in use now: the GPU's (all allocators, DALI's pool included: cudaMemGetInfo) or the host process's."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return (total - free) / 2**20
+    return _rss_mib()
 
 
 # ---- DALI decode of real JPEGs
@@ -165,12 +193,18 @@ def check_dali(device: torch.device) -> dict[str, Any]:
                               "pic.D": 12, "pic.S": 4, "run.device": "cuda" if gpu else "cpu"})
         src = load_source(cfg.data)
         sched = make_schedule(cfg.pic.scheduler, src.N, cfg.pic.D, cfg.pic.S, 0, cfg.pic.official_shuffle)
+        before = _memory_mib(device)
         loader = build_loader(cfg, src, sched, device=device)
         t0 = time.perf_counter()
         batches = list(loader.iterate(0, 2))
         ms = (time.perf_counter() - t0) * 1e3
+        after = _memory_mib(device)
+    # DALI's pool and buffers: device memory on the GPU (its own allocator, outside torch's counters), host
+    # memory on the CPU; the growth while the pipeline ran, with the batches it returned
     out: dict[str, Any] = {"decoder": "mixed (nvJPEG)" if gpu else "cpu", "batches": len(batches),
-                           "ms_for_2_batches": ms, "status": "ok"}
+                           "ms_for_2_batches": ms, "status": "ok",
+                           "memory_mib": None if before is None or after is None else round(after - before, 1),
+                           "memory_kind": "device (cudaMemGetInfo)" if gpu else "host RSS"}
     for b in batches:
         want = torch.from_numpy(sched.batch(b.step, 8))
         v = b.views[0]
@@ -183,7 +217,24 @@ def check_dali(device: torch.device) -> dict[str, Any]:
 
 # ---- the head against its reference, and its time
 
-def check_head(device: torch.device, repeats: int) -> dict[str, Any]:
+def check_head(device: torch.device, repeats: int, precision: str | None = None) -> dict[str, Any]:
+    """The head at the math flags a run at ``precision`` sets (default: the paper preset's ``run.precision``),
+    through ``train.set_precision`` as a run does; torch's flags are restored afterwards."""
+    from ..config import PRESETS
+    from ..pic.train import set_precision
+
+    precision = precision or PRESETS["paper"].get("run.precision", "fp32")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        ran = set_precision(precision, device, False)
+        out = _check_head(device, repeats)
+        return {**out, "precision": ran, "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = flags
+
+
+def _check_head(device: torch.device, repeats: int) -> dict[str, Any]:
     from ..pic import head
 
     gpu = device.type == "cuda"

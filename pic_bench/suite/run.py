@@ -231,16 +231,17 @@ def plumbing_note(cfg: Config) -> str:
             "nothing); use small or paper for results")
 
 
-def dry_run_resources(tasks: list[Task], executor: str, cluster=None) -> dict[str, str]:
+def dry_run_resources(tasks: list[Task], executor: str, cluster=None, results_dir=None) -> dict[str, str]:
     """Task name -> what it runs on, for the dry run's plan: this process's device with the local executor; with
     SLURM (``cluster``: a ``launch.ClusterConfig``) the array task(s) it would be submitted as and their
-    resources, e.g. "SLURM train task (1 node x 4 tasks, 4 GPU/node, ...), then eval task (...)"."""
+    resources, e.g. "SLURM train task (1 node x 4 tasks, 4 GPU/node, ...: its segments, checkpoint count and
+    bytes), then eval task (...)"."""
     if executor != "local":
         if cluster is None:
             return {}
         from . import launch
 
-        return {t.name: launch.plan_resources(cluster, t) for t in tasks}
+        return {t.name: launch.plan_resources(cluster, t, results_dir) for t in tasks}
     from ..report.results import device_name
     from ..pic.train import resolve_device
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     cluster = launch.load_cluster(args.cluster, launch.parse_overrides(slurm_items))
                     launch.validate(cluster, tasks, Path(args.results), where=args.cluster)
-                resources = dry_run_resources(tasks, executor, cluster)
+                resources = dry_run_resources(tasks, executor, cluster, Path(args.results))
                 # a SLURM task evaluates on its node: on a GPU there when its array asks for one
                 devices = {t.name: launch.eval_device(cluster, t) for t in tasks} if cluster else {}
                 listing = [(t.name, t.cell, t.done(), plan.describe(t, args.results, resources.get(t.name),

@@ -10,10 +10,22 @@ hardware and torch version, and the machine info below adds the device, thread c
 """
 import os
 
+import pytest
 import torch
 
 from pic_bench.bench.scaling import machine_id
 from pic_bench.report.results import device_name
+
+@pytest.fixture(autouse=True)
+def _restore_math_flags():
+    """GPU benchmarks turn TF32 on (the issue's figures are TF32 matmuls); put torch's global flags back after each,
+    so the tests that run after them (slurm/gpu_checks.sh runs them in one process) see torch's own settings."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[:2]
+    torch.set_float32_matmul_precision(flags[2])
+
 
 if os.environ.get("PIC_BENCH_THREADS"):  # e.g. 1 on a CPU whose cores other jobs share (see the README)
     torch.set_num_threads(int(os.environ["PIC_BENCH_THREADS"]))
