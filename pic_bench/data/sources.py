@@ -413,8 +413,8 @@ def cached_listing(base: Path, guard: list[Path] | None) -> tuple[list[str], np.
 # ---- facts about a listed folder, cached beside its listing
 #
 # What was learnt about a folder's files by reading them (the probe's unreadable files; a content digest) is kept
-# in ``listing/<key>.facts.json`` beside the listing, as one JSON dict tagged with the listing's stamp: a folder
-# listed again (changed) invalidates it, as it invalidates the listing. Only a trusted listing (not "racy")
+# in ``listing/<key>.facts.json`` beside the listing, as one JSON dict tagged with the listing's stamp: a changed
+# folder (its directories' mtimes moved) invalidates it, as it invalidates the listing. Only a trusted listing (not "racy")
 # keeps facts. Writers merge under a lock file, so concurrent ranks add their entries without losing another's.
 # A file rewritten in place (same name, so the directory's mtime does not move) is not noticed, as by the listing.
 
@@ -424,15 +424,18 @@ def facts_path(base: Path) -> Path:
 
 
 def _listing_stamp(base: Path) -> str | None:
+    """The stamp of ``base``'s cached listing when it still holds (its directories unchanged), else None: read
+    from the listing's head only (the stamp and the directories come before the file list)."""
     try:
         with open(listing_path(base), encoding="utf-8") as f:
-            header, stamp = f.readline().rstrip("\n"), f.readline().rstrip("\n")
-    except OSError:
-        return None
-    if header != LISTING_HEADER or not stamp.startswith("# stamp="):
+            header, stamp, n_dirs = (f.readline().rstrip("\n") for _ in range(3))
+            if header != LISTING_HEADER or not stamp.startswith("# stamp=") or not n_dirs.startswith("# dirs="):
+                return None
+            dirs = [f.readline().rstrip("\n") for _ in range(int(n_dirs.removeprefix("# dirs=")))]
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
     stamp = stamp.removeprefix("# stamp=")
-    return None if stamp == "racy" else stamp
+    return stamp if stamp != "racy" and stamp == _stamp(base, dirs) else None
 
 
 def read_facts(base: Path) -> dict:
