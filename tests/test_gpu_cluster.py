@@ -28,7 +28,8 @@ from pic_bench.eval import evaluate as E
 from pic_bench.pic import distributed
 from pic_bench.pic.model import PICModel
 from pic_bench.pic.train import Trainer
-from pic_bench.suite.tasks import CheckpointError, Task, run_task
+from pic_bench.suite import tasks as T
+from pic_bench.suite.tasks import Task, run_task
 
 
 def _port() -> int:
@@ -165,7 +166,7 @@ def test_a_checkpoint_that_reads_but_does_not_restore_is_an_error_naming_it_and_
     t.checkpoint.parent.mkdir(parents=True)
     torch.save(sd, t.checkpoint)
     before = t.checkpoint.read_bytes()
-    with pytest.raises(CheckpointError, match=str(t.checkpoint)):
+    with pytest.raises(T.CheckpointError, match=str(t.checkpoint)):
         run_task(t)  # before: moved aside as "corrupt" and the cell trained from step 0
     assert t.checkpoint.read_bytes() == before
     assert not list(t.checkpoint.parent.glob("*.corrupt-*"))
@@ -179,7 +180,7 @@ def test_an_evaluation_task_never_moves_the_final_checkpoint_aside(tmp_path):
     ckpt = t.checkpoint
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # cut short after training
     cut = ckpt.read_bytes()
-    with pytest.raises(CheckpointError, match=str(ckpt)):
+    with pytest.raises(T.CheckpointError, match=str(ckpt)):
         run_task(t.at("eval"))  # before: moved aside, and the evaluation task retrained the cell
     assert ckpt.read_bytes() == cut and not list(ckpt.parent.glob(ckpt.name + ".corrupt-*"))
     # its trained marker is moved aside instead, so the same command submits the training again
