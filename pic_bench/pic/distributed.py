@@ -31,8 +31,16 @@ loading and the backbone split by rows of the batch. Concretely:
   rank 0 writes checkpoints (the others wait at a barrier for the write only) and result rows; every rank
   resumes from the same checkpoint.
 - **Devices.** Each rank's device is resolved once, ``local_device``: ``cuda:<local rank>`` from SLURM's
-  ``SLURM_LOCALID`` or torchrun's ``LOCAL_RANK``, and handed to every consumer (model, w and u, loader, this
-  layer); nothing reads CUDA's current device, which is per thread (training runs in a worker thread).
+  ``SLURM_LOCALID`` or torchrun's ``LOCAL_RANK`` (``cuda:0`` when the cluster binds one GPU per task, so every
+  rank sees one; refused when SLURM gave the node fewer GPUs than ranks), and handed to every consumer (model, w
+  and u, loader, this layer, the evaluation: ``current(device)`` or the trainer's ``dist``, never ``current()``
+  alone under NCCL); nothing reads CUDA's current device, which is per thread (training runs in a worker thread).
+  Agreement on Python values (``same``) is a digest all-reduced on this device, not ``all_gather_object``.
+- **Launch.** ``init_from_env``: inside a submitit SLURM task SLURM's variables win over inherited ``RANK`` /
+  ``WORLD_SIZE`` / ``MASTER_ADDR`` (``export_slurm_env`` replaces them, naming them); the group gets an explicit
+  timeout (``GROUP_TIMEOUT_MIN``, the cluster key ``group_timeout_min``); a deterministic run exports
+  ``CUBLAS_WORKSPACE_CONFIG`` first (``deterministic_cuda_env``). Work that one rank would do while the others
+  wait in a collective (the probe of every image) runs before the group exists, split over the ranks.
 
 A 2-process CPU run matches a 1-process run with the same global batch within float rounding, since only the
 order of sums differs (all-reduce, BatchNorm over ranks). tests/test_distributed.py allows, after 8 steps, 1e-5
