@@ -293,8 +293,9 @@ def test_the_group_timeout_is_a_cluster_key_with_a_default_of_30_minutes(monkeyp
 
     assert ClusterConfig().group_timeout_min == 30
     assert load_cluster(None, {"group_timeout_min": 45}).group_timeout_min == 45
-    with pytest.raises(ConfigError, match="group_timeout_min"):
-        load_cluster(None, {"group_timeout_min": 0})
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="group_timeout_min"):
+            load_cluster(None, {"group_timeout_min": bad})
     calls = []
     _fake_group(monkeypatch, calls)
     monkeypatch.setenv("RANK", "1")

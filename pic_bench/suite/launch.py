@@ -177,8 +177,9 @@ def _check_ranges(cc: ClusterConfig, what: str) -> None:
     for key in ("gpus_per_node", "signal_delay_s", "max_requeues", "checkpoint_every"):
         if getattr(cc, key) < 0:
             raise ConfigError(f"{what}: '{key}' must be >= 0, got {getattr(cc, key)}")
-    if not cc.group_timeout_min > 0:
-        raise ConfigError(f"{what}: 'group_timeout_min' must be > 0 (minutes), got {cc.group_timeout_min}")
+    if not 0 < cc.group_timeout_min < 7 * 24 * 60:  # NaN and inf too: a timedelta of inf minutes overflows
+        raise ConfigError(f"{what}: 'group_timeout_min' must be > 0 and under a week (minutes), got "
+                          f"{cc.group_timeout_min}")
     if cc.mem_gb <= 0 or cc.step_s < 0:
         raise ConfigError(f"{what}: need mem_gb > 0 and step_s >= 0, got {cc.mem_gb}, {cc.step_s}")
 
