@@ -158,7 +158,7 @@ def task(tmp_path, **kw) -> Task:
                 checkpoint_dir=str(tmp_path / "ck"))
 
 
-def test_a_checkpoint_that_reads_but_does_not_restore_is_an_error_naming_it_and_is_kept(tmp_path):
+def test_a_checkpoint_that_reads_but_does_not_restore_is_an_error_naming_it_and_is_kept(tmp_path, capsys):
     t = task(tmp_path)
     trainer = Trainer(t.cfg)
     sd = trainer.state_dict()
@@ -168,10 +168,14 @@ def test_a_checkpoint_that_reads_but_does_not_restore_is_an_error_naming_it_and_
     before = t.checkpoint.read_bytes()
     with pytest.raises(T.CheckpointError, match=str(t.checkpoint)):
         run_task(t)  # before: moved aside as "corrupt" and the cell trained from step 0
+    assert T.run_local([t], quiet=True) == 1  # a sweep goes on, and says it on one error: line
+    err = capsys.readouterr().err
+    assert any(line.startswith(f"error: checkpoint {t.checkpoint}") and "RuntimeError" in line
+               for line in err.splitlines()), err
     assert t.checkpoint.read_bytes() == before
     assert not list(t.checkpoint.parent.glob("*.corrupt-*"))
     rows = [json.loads(x) for x in (tmp_path / "rows" / "gpu_cluster.jsonl").read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["failed"] and str(t.checkpoint) in rows[0]["error"]
+    assert [r["status"] for r in rows] == ["failed", "failed"] and str(t.checkpoint) in rows[0]["error"]
 
 
 def test_an_evaluation_task_never_moves_the_final_checkpoint_aside(tmp_path):

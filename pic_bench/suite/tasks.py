@@ -158,25 +158,26 @@ def read_trained(task: Task) -> dict[str, Any] | None:
         return None
 
 
-def read_trained_or_move(task: Task) -> dict[str, Any] | None:
-    """``read_trained`` for a run: a marker that exists but cannot be read (not JSON, or not a marker's fields)
-    is named, moved aside (``.corrupt-<n>``), and None is returned, so the training half runs again (from the
-    final checkpoint, when there is one) instead of failing every rerun."""
+def read_trained_or_move(task: Task) -> tuple[dict[str, Any] | None, str]:
+    """``read_trained`` for a run, and what became of an unreadable marker ("" when none): a marker that exists
+    but cannot be read (not JSON, or not a marker's fields) is named, moved aside (``.corrupt-<n>``) and None is
+    returned, so the training half runs again (from the final checkpoint, when there is one) instead of failing
+    every rerun."""
     path = task.trained_marker
     if not path.is_file():
-        return None
+        return None, ""
     try:
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
             raise ValueError("not a trained marker (no metrics)")
-        return record
+        return record, ""
     except (ValueError, UnicodeDecodeError) as e:
         aside = move_aside(path)
-        print(f"warning: trained marker {path} cannot be read ({type(e).__name__}: {_first_line(e)}); moved to "
-              f"{aside}; the cell's training half runs again", file=sys.stderr)
-        return None
+        what = f"trained marker {path} cannot be read ({type(e).__name__}: {_first_line(e)}); moved to {aside}"
+        print(f"warning: {what}; the cell's training half runs again", file=sys.stderr)
+        return None, what
     except OSError:
-        return None
+        return None, ""
 
 
 def write_trained(task: Task, **record: Any) -> None:
@@ -238,8 +239,6 @@ def resume(trainer, ckpt: Path, move: bool = True, final: bool = False):
     ``final`` (an evaluation task's trained checkpoint) is never moved aside: ``CheckpointError``. A file that
     reads but does not restore (a shape, a key, an RNG state: a bug or another run's file, not corruption) is
     kept and raises ``CheckpointError`` naming it and the error."""
-    from ..pic.train import Trainer
-
     if not ckpt.is_file():
         return trainer
     try:
@@ -356,10 +355,11 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     from ..pic.train import reset_peak_memory, resolve_device
 
     ckpt = task.checkpoint
-    marker = read_trained_or_move(task) if task.trained() else None
+    marker, moved = read_trained_or_move(task) if task.trained() else (None, "")
     if task.stage == "eval" and marker is None:
-        e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (no "
-                       f"{task.trained_marker} or no {ckpt}); running the same command again submits the training")
+        e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (" + (
+            moved or f"no {task.trained_marker} or no {ckpt}") + "); running the same command again submits the "
+                       "training")
         _failed_row(task, _known_digest(task), cfg.run.device, e)
         raise e
     reset_peak_memory(resolve_device(cfg.run.device))
@@ -378,7 +378,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     try:
         trainer = resume(trainer, ckpt, final=task.stage == "eval")
     except CheckpointError as e:
-        if task.stage == "eval" and e.__cause__ is not None and unreadable_file(e.__cause__):
+        if (task.stage == "eval" and e.__cause__ is not None and unreadable_file(e.__cause__)
+                and task.trained_marker.is_file()):
             # the marker names a checkpoint that cannot be read: moved aside, so that the next run of the
             # same command submits the training again, whose resume moves the checkpoint aside
             move_aside(task.trained_marker)
@@ -499,6 +500,8 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             failed.append((task, why))
             rowless += not getattr(e, "failed_row", False)
+            if isinstance(e, CheckpointError):  # a kept file the user must look at: named on an error: line
+                print(f"error: {e}", file=sys.stderr)
             print(f"[{i}/{len(todo)}] {task.kind} {task.cell} seed {task.cfg.run.seed}: FAILED: "
                   f"{type(e).__name__}: {why}", file=sys.stderr)
             if fail_fast:
