@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import sys
 import time
@@ -64,8 +65,9 @@ class TensorSet(ImageSet):
 
 
 class FolderSet(ImageSet):
-    def __init__(self, files: list[str], labels: np.ndarray, channels: int = 3):
+    def __init__(self, files: list[str], labels: np.ndarray, channels: int = 3, root: Path | None = None):
         self.files, self.labels, self.channels = files, np.asarray(labels, dtype=np.int64), channels
+        self.root = root  # the listed folder the files come from (its listing cache keys ``read_facts``)
 
     def load(self, i: int) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
@@ -244,18 +246,18 @@ def image_folder(cfg: DataConfig) -> Source:
     files = [files[i] for i in tr]
     labels = labels[tr]
     if cfg.eval_split == "train":  # asked for explicitly: the row and the table say so
-        test, split = FolderSet(files, labels), "train"
+        test, split = FolderSet(files, labels, root=train_dir), "train"
     elif test_dir.is_dir():
         tfiles, tlabels, tclasses = cached_listing(test_dir, guard=None)
         if tclasses != classes:
             raise DatasetError(f"{test_dir}: class folders differ from {train_dir}")
         te = _subset(len(tfiles), cfg.test_size, 4321)
-        test, split = FolderSet([tfiles[i] for i in te], tlabels[te]), "val"
+        test, split = FolderSet([tfiles[i] for i in te], tlabels[te], root=test_dir), "val"
     else:
         raise DatasetError(f"{root}: no val/ split to evaluate on (data.eval_split=val). Add val/<class>/<image>, "
                            "or set data.eval_split=train to evaluate on the training images themselves")
     digest = digest_files(files, train_dir)
-    return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+    return Source("imagefolder", FolderSet(files, labels, root=train_dir), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                   digest, split)
 
 
@@ -406,6 +408,73 @@ def cached_listing(base: Path, guard: list[Path] | None) -> tuple[list[str], np.
     stamp = _stamp(base, dirs) or "racy"
     _write_listing(path, stamp, dirs, classes, rel)
     return files, labels, classes
+
+
+# ---- facts about a listed folder, cached beside its listing
+#
+# What was learnt about a folder's files by reading them (the probe's unreadable files; a content digest) is kept
+# in ``listing/<key>.facts.json`` beside the listing, as one JSON dict tagged with the listing's stamp: a changed
+# folder (its directories' mtimes moved) invalidates it, as it invalidates the listing. Only a trusted listing (not "racy")
+# keeps facts. Writers merge under a lock file, so concurrent ranks add their entries without losing another's.
+# A file rewritten in place (same name, so the directory's mtime does not move) is not noticed, as by the listing.
+
+def facts_path(base: Path) -> Path:
+    """The cached facts of folder ``base`` (beside ``listing_path(base)``)."""
+    return cache_dir() / "listing" / f"{_key(base)}.facts.json"
+
+
+def _listing_stamp(base: Path) -> str | None:
+    """The stamp of ``base``'s cached listing when it still holds (its directories unchanged), else None: read
+    from the listing's head only (the stamp and the directories come before the file list)."""
+    try:
+        with open(listing_path(base), encoding="utf-8") as f:
+            header, stamp, n_dirs = (f.readline().rstrip("\n") for _ in range(3))
+            if header != LISTING_HEADER or not stamp.startswith("# stamp=") or not n_dirs.startswith("# dirs="):
+                return None
+            dirs = [f.readline().rstrip("\n") for _ in range(int(n_dirs.removeprefix("# dirs=")))]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    stamp = stamp.removeprefix("# stamp=")
+    return stamp if stamp != "racy" and stamp == _stamp(base, dirs) else None
+
+
+def read_facts(base: Path) -> dict:
+    """The facts cached for folder ``base`` under its current listing ({} when none, stale or damaged)."""
+    stamp = _listing_stamp(base)
+    if stamp is None:
+        return {}
+    try:
+        data = json.loads(facts_path(base).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("stamp") != stamp or not isinstance(data.get("facts"), dict):
+        return {}
+    return data["facts"]
+
+
+def write_facts(base: Path, update: dict) -> bool:
+    """Merges ``update`` into the facts cached for folder ``base``; False (with a warning) when nothing could be
+    kept (no trusted listing, or an unwritable cache)."""
+    import fcntl
+
+    stamp = _listing_stamp(base)
+    if stamp is None:
+        return False
+    path = facts_path(base)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            facts = read_facts(base)
+            facts.update(update)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"stamp": stamp, "facts": facts}), encoding="utf-8")
+            os.replace(tmp, path)
+        return True
+    except OSError as e:
+        print(f"warning: cannot write the facts cache {path} ({e.strerror or e}); set PIC_BENCH_CACHE to a "
+              f"writable folder", file=sys.stderr)
+        return False
 
 
 def load_source(cfg: DataConfig, seed: int = 0) -> Source:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from ..pic import distributed
+from ..pic.checkpoint import move_aside, unreadable_file
 from ..config import Config, EvalConfig
 from ..data.augment import eval_transform
 from ..data.sources import BadImageError, ImageSet, Source, load_source
@@ -165,19 +167,39 @@ class Progress:
 
     ``path`` None keeps nothing (in-memory only). Each rank of a multi-rank task keeps its own file (``.r<rank>``).
     Parts are saved at most every ``every_s`` seconds (features are large), and always when a part is finished.
+    ``dist`` is the task's ranks (``Trainer.dist``); without it, the running group on ``device``. A file that
+    cannot be read (cut short, garbage) is named, moved aside (``.corrupt-<n>``) and the evaluation starts over.
     """
 
-    def __init__(self, path: str | Path | None, every_s: float = 300.0, dist: distributed.Single | None = None):
-        dist = dist or distributed.current()
+    def __init__(self, path: str | Path | None, every_s: float = 300.0, dist: distributed.Single | None = None,
+                 device=None):
+        dist = dist or distributed.current(device)
         if path is not None and dist.world > 1:
             path = Path(f"{path}.r{dist.rank}")
         self.path, self.every_s = (Path(path) if path is not None else None), every_s
+        self.dist = dist
         self.state: dict = {}
         if self.path is not None and self.path.is_file():
-            self.state = torch.load(self.path, map_location="cpu", weights_only=False)
+            self.state = self._read(self.path)
         if dist.world > 1:
             self._agree()
         self._last = time.monotonic()
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict):
+                raise pickle.UnpicklingError(f"holds a {type(state).__name__}, not an evaluation's progress")
+            return state
+        except Exception as e:  # noqa: BLE001 - only what says the file is unreadable is caught below
+            if not unreadable_file(e):
+                raise
+            aside = move_aside(path)
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"warning: evaluation progress file {path} cannot be read ({type(e).__name__}: {why}); moved to "
+                  f"{aside}; the evaluation starts over", file=sys.stderr)
+            return {}
 
     def _agree(self) -> None:
         """Ranks resume collective parts (results, the linear layer's epoch) only where all saved the same:
@@ -185,9 +207,7 @@ class Progress:
         slice is its own and is kept."""
         mine = (sorted((self.state.get("result") or {}).items()),
                 (self.state.get("linear_sgd") or {}).get("epoch"))
-        every: list = [None] * torch_dist.get_world_size()
-        torch_dist.all_gather_object(every, mine)
-        if any(x != mine for x in every):
+        if not self.dist.same(mine):
             self.state.pop("result", None)
             self.state.pop("linear_sgd", None)
 
@@ -228,7 +248,7 @@ def embed(images: ImageSet, fn, transform: Callable, device, batch: int = 512, w
         order (images that fail to decode are left out with on_bad_image=skip, and raise BadImageError naming
         the file otherwise). Every rank returns the whole set.
     """
-    dist = dist or distributed.current()
+    dist = dist or distributed.current(torch.device(device))
     lo, hi = shard_range(len(images), dist.rank, dist.world)
     index_batches = [list(range(s, min(s + batch, hi))) for s in range(lo, hi, batch)]
     out, keep = [], []
@@ -428,7 +448,7 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
     ``progress``, the layer and its optimizer are saved after every epoch (``linear_sgd``) and a rerun continues
     with the next epoch, drawing the same augmentation and learning rates as an uninterrupted run.
     """
-    dist = dist or distributed.current()
+    dist = dist or distributed.current(torch.device(device))
     C = num_classes or int(max(train.labels.max(), test.labels.max())) + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 31)
@@ -489,14 +509,17 @@ def linear_sgd(fn, feat_dim: int, train: ImageSet, test: ImageSet, size: int, me
 # ---- one backbone (or the pixels) under the configured protocols
 
 def evaluate_backbone(fn, feat_dim: int, source, size: int, cfg: EvalConfig, device, seed: int,
-                      on_bad_image: str = "error", workers: int = 0, progress: Progress | None = None
-                      ) -> dict[str, float]:
+                      on_bad_image: str = "error", workers: int = 0, progress: Progress | None = None,
+                      dist: distributed.Single | None = None) -> dict[str, float]:
     """kNN on eval-transform features, then the linear protocol ``cfg.protocol`` (if ``cfg.linear``).
 
     With ``progress`` every finished part (embedded features, kNN, the linear layer's epochs) is kept there, so a
-    rerun after a kill does only what is missing; the caller clears it once the result is safe.
+    rerun after a kill does only what is missing; the caller clears it once the result is safe. ``dist``: the
+    task's ranks, as training has them (an NCCL group needs this rank's device); default: the running group on
+    ``device``.
     """
     device = torch.device(device)
+    dist = dist or distributed.current(device)
     dtype = feature_dtype(cfg.feature_dtype, device)
     t = eval_transform(size, source.mean, source.std)
     # CPU float32 features stay on the CPU (what earlier rows ran); reduced-precision ones stay on the device.
@@ -505,9 +528,9 @@ def evaluate_backbone(fn, feat_dim: int, source, size: int, cfg: EvalConfig, dev
     need_features = "knn_top1" not in out or (cfg.linear and cfg.protocol == "probe" and "linear_top1" not in out)
     if need_features:
         trf, try_ = embed(source.train, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
-                          out_device=keep, desc="embed train", progress=progress)
+                          out_device=keep, desc="embed train", dist=dist, progress=progress)
         tef, tey = embed(source.test, fn, t, device, workers=workers, on_bad_image=on_bad_image, dtype=dtype,
-                         out_device=keep, desc="embed test", progress=progress)
+                         out_device=keep, desc="embed test", dist=dist, progress=progress)
         if "knn_top1" not in out:
             out["knn_top1"] = knn(trf, try_, tef, tey, cfg.knn_k, cfg.knn_t)
         if cfg.linear and cfg.protocol == "probe":
@@ -519,20 +542,21 @@ def evaluate_backbone(fn, feat_dim: int, source, size: int, cfg: EvalConfig, dev
             progress.put("result", dict(out))
     if cfg.linear and cfg.protocol == "linear_sgd" and "linear_top1" not in out:
         out.update(linear_sgd(fn, feat_dim, source.train, source.test, size, source.mean, source.std, cfg, device,
-                              seed, workers, on_bad_image, progress=progress))
+                              seed, workers, on_bad_image, dist=dist, progress=progress))
         if progress is not None:
             progress.put("result", dict(out))
     return out
 
 
 def evaluate_model(model, source, size: int, cfg: EvalConfig, device, seed: int, on_bad_image: str = "error",
-                   workers: int = 0, progress: Progress | None = None) -> dict[str, float]:
+                   workers: int = 0, progress: Progress | None = None, dist: distributed.Single | None = None
+                   ) -> dict[str, float]:
     """A PICModel's (or any module with ``features`` and ``feat_dim``) backbone features, in eval mode."""
     was_training = model.training
     model.eval()
     try:
         return evaluate_backbone(model.features, model.feat_dim, source, size, cfg, device, seed, on_bad_image,
-                                 workers, progress)
+                                 workers, progress, dist)
     finally:
         model.train(was_training)
 
@@ -557,7 +581,7 @@ def evaluate_run(trainer, progress: Progress | None = None) -> dict[str, float]:
     training run never evaluates itself."""
     cfg = trainer.cfg
     return evaluate_model(trainer.model, trainer.source, cfg.data.image_size, cfg.eval, trainer.device, cfg.run.seed,
-                          cfg.data.on_bad_image, cfg.data.workers, progress)
+                          cfg.data.on_bad_image, cfg.data.workers, progress, dist=trainer.dist)
 
 
 def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:

@@ -33,8 +33,16 @@ loading and the backbone split by rows of the batch. Concretely:
   rank 0 writes checkpoints (the others wait at a barrier for the write only) and result rows; every rank
   resumes from the same checkpoint.
 - **Devices.** Each rank's device is resolved once, ``local_device``: ``cuda:<local rank>`` from SLURM's
-  ``SLURM_LOCALID`` or torchrun's ``LOCAL_RANK``, and handed to every consumer (model, w and u, loader, this
-  layer); nothing reads CUDA's current device, which is per thread (training runs in a worker thread).
+  ``SLURM_LOCALID`` or torchrun's ``LOCAL_RANK`` (``cuda:0`` when the cluster binds one GPU per task, so every
+  rank sees one; refused when SLURM gave the node fewer GPUs than ranks), and handed to every consumer (model, w
+  and u, loader, this layer, the evaluation: ``current(device)`` or the trainer's ``dist``, never ``current()``
+  alone under NCCL); nothing reads CUDA's current device, which is per thread (training runs in a worker thread).
+  Agreement on Python values (``same``) is a digest all-reduced on this device, not ``all_gather_object``.
+- **Launch.** ``init_from_env``: inside a submitit SLURM task SLURM's variables win over inherited ``RANK`` /
+  ``WORLD_SIZE`` / ``MASTER_ADDR`` (``export_slurm_env`` replaces them, naming them); the group gets an explicit
+  timeout (``GROUP_TIMEOUT_MIN``, the cluster key ``group_timeout_min``); a deterministic run exports
+  ``CUBLAS_WORKSPACE_CONFIG`` first (``deterministic_cuda_env``). Work that one rank would do while the others
+  wait in a collective (the probe of every image) runs before the group exists, split over the ranks.
 
 A 2-process CPU run matches a 1-process run with the same global batch within float rounding, since only the
 order of sums differs (all-reduce, BatchNorm over ranks). tests/test_distributed.py allows, after 8 steps, 1e-5
@@ -43,8 +51,12 @@ tests/test_slurm.py checks a 2-rank SLURM array task's final loss within 1e-5 re
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
-from typing import Iterable
+import pickle
+import sys
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -85,6 +97,10 @@ class Single:
     def gather_floats(self, value: float) -> list[float]:
         """[value of rank 0, value of rank 1, ...]."""
         return [value]
+
+    def same(self, obj: Any) -> bool:
+        """Whether every rank holds an equal ``obj`` (anything picklable), by a digest on this rank's device."""
+        return True
 
     def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         return None
@@ -146,6 +162,14 @@ class DataParallel(Single):
         dist.all_gather(out, torch.tensor([value], dtype=torch.float64, device=self.device))
         return [float(t) for t in out]
 
+    def same(self, obj: Any) -> bool:
+        # a 62-bit digest travels as int64 on this rank's device (all_gather_object would use CUDA's current
+        # device, which is per thread); equal when its min and max over ranks agree
+        h = int.from_bytes(hashlib.sha256(pickle.dumps(obj)).digest()[:8], "little") >> 2
+        t = torch.tensor([h, -h], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t[0]) == -int(t[1])
+
     def average_gradients(self, tensors: Iterable[torch.Tensor]) -> None:
         """grad <- mean over ranks, for every tensor that has one: one flat all-reduce (a single bucket)."""
         grads = [t.grad for t in tensors if t.grad is not None]
@@ -182,12 +206,43 @@ def local_device(name: str = "auto") -> torch.device:
     found = env_rank_world()
     local = found[1] if found else 0
     n = torch.cuda.device_count()
+    if local >= n and n == 1 and not _shares_one_gpu():
+        # per-task binding (``--gpus-per-task=1``, ``--gpu-bind``, cgroups): each rank sees its own GPU as cuda:0
+        return torch.device("cuda", 0)
     if local >= n:
         raise RuntimeError(
             f"rank {found[0] if found else 0} (local rank {local}) has no GPU of its own: this node shows {n} "
             f"GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); run at most one "
             f"rank per GPU (tasks_per_node <= gpus_per_node)")
     return torch.device("cuda", local)
+
+
+def _local_tasks() -> int | None:
+    """Ranks on this node, from SLURM (``SLURM_NTASKS_PER_NODE``, or this node's entry of
+    ``SLURM_TASKS_PER_NODE`` such as ``4(x2)``) or torchrun (``LOCAL_WORLD_SIZE``); None when unknown."""
+    e = os.environ
+    for key in ("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "LOCAL_WORLD_SIZE"):
+        if e.get(key):
+            try:
+                return int(e[key].split(",")[0].split("(")[0])
+            except ValueError:
+                continue
+    return None
+
+
+def _shares_one_gpu() -> bool:
+    """With one visible GPU and a local rank above 0: True when the ranks of this node provably share that GPU
+    (SLURM gave the node fewer GPUs than ranks, or torchrun, which never binds a GPU per rank); False when each
+    rank was given a GPU of its own (per-task binding)."""
+    e = os.environ
+    tasks = _local_tasks()
+    if "SLURM_GPUS_ON_NODE" in e and tasks is not None:
+        try:
+            return int(e["SLURM_GPUS_ON_NODE"]) < tasks
+        except ValueError:
+            return False
+    # torchrun starts every local rank with the same environment: one visible GPU is one shared GPU
+    return "SLURM_PROCID" not in e and "LOCAL_RANK" in e
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -366,8 +421,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def env_rank_world() -> tuple[int, int, int] | None:
-    """(rank, local rank, world size) from torchrun's or SLURM's variables; None outside a multi-rank launch."""
+    """(rank, local rank, world size) from torchrun's or SLURM's variables; None outside a multi-rank launch.
+
+    In a submitit SLURM task, SLURM's own variables win: RANK / WORLD_SIZE / LOCAL_RANK inherited from the shell
+    that submitted the job (say, inside a torchrun or another job) describe another launch."""
     e = os.environ
+    in_slurm_task = e.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_PROCID" in e and "SLURM_NTASKS" in e
+    if in_slurm_task:
+        return int(e["SLURM_PROCID"]), int(e.get("SLURM_LOCALID", 0)), int(e["SLURM_NTASKS"])
     if "RANK" in e and "WORLD_SIZE" in e:
         return int(e["RANK"]), int(e.get("LOCAL_RANK", 0)), int(e["WORLD_SIZE"])
     if "SLURM_PROCID" in e and "SLURM_NTASKS" in e and "SLURM_STEP_ID" in e:
@@ -375,21 +436,50 @@ def env_rank_world() -> tuple[int, int, int] | None:
     return None
 
 
-def init_from_env(device: str = "auto") -> Single:
+GROUP_TIMEOUT_MIN = 30.0  # default of ``init_from_env``'s timeout (minutes): NCCL's own 10 is too short at scale
+LAUNCHER_VARS = ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def export_slurm_env() -> list[str]:
+    """Exports the job's rendezvous variables (``TorchDistributedEnvironment``) in a multi-rank submitit SLURM
+    task, replacing launcher variables inherited from the submitting shell. Returns the names replaced with a
+    different value (a note on stderr names them). An inherited MASTER_PORT is kept: submitit itself honours it."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    before = {k: os.environ[k] for k in LAUNCHER_VARS if k in os.environ}
+    # keeps every GPU visible and picks cuda:local_rank below (a rank may use the others' for nothing)
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    replaced = [k for k, v in before.items() if os.environ.get(k) != v]
+    if replaced:
+        print("note: replaced launcher variables inherited from the submitting shell with this job's own: "
+              + ", ".join(f"{k}={before[k]} -> {os.environ[k]}" for k in replaced), file=sys.stderr)
+    return replaced
+
+
+def deterministic_cuda_env() -> None:
+    """Exports what deterministic cuBLAS needs (``CUBLAS_WORKSPACE_CONFIG``), before CUDA initialises; a value
+    already set to one of the two documented ones is kept."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+
+
+def init_from_env(device: str = "auto", timeout_min: float = GROUP_TIMEOUT_MIN,
+                  deterministic: bool = False) -> Single:
     """Initialises the process group from the launch environment and returns ``current()``.
 
     Inside a submitit SLURM job the master address and port come from ``submitit.helpers``'
-    ``TorchDistributedEnvironment`` (first node of the job, a port derived from the job id); under torchrun from
-    its variables. One rank means no process group. NCCL when CUDA is used, gloo otherwise; each rank takes the
-    GPU of its local rank.
+    ``TorchDistributedEnvironment`` (first node of the job, a port derived from the job id; inherited launcher
+    variables are replaced, ``export_slurm_env``); under torchrun from its variables. One rank means no process
+    group. NCCL when CUDA is used, gloo otherwise; each rank takes the GPU of its local rank (or its only one, when
+    the cluster binds one GPU per task). The group's ``timeout_min`` bounds the rendezvous and every collective
+    (``run.deterministic``: ``deterministic_cuda_env`` first, before CUDA initialises).
     """
+    if deterministic:
+        deterministic_cuda_env()
     if dist.is_initialized():
         return current(local_device(device))
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        from submitit.helpers import TorchDistributedEnvironment
-
-        # keeps every GPU visible and picks cuda:local_rank below (a rank may use the others' for nothing)
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        export_slurm_env()
     found = env_rank_world()
     if found is None or found[2] == 1:
         return Single()
@@ -400,10 +490,11 @@ def init_from_env(device: str = "auto") -> Single:
         torch.cuda.set_device(dev)  # for this (the main) thread; the Trainer sets it again in the one that trains
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
+    timeout = datetime.timedelta(minutes=timeout_min)
     if cuda:  # binds the NCCL communicator to this rank's GPU (no guess from the current device)
-        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=dev)
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=dev, timeout=timeout)
     else:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
     return current(dev)
 
 

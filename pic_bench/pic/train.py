@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
 import sys
@@ -119,6 +118,17 @@ def _rng_tensor(state: Any) -> torch.Tensor:
     return state.to("cpu", torch.uint8)
 
 
+def cuda_rng_state(saved: Any, device: torch.device) -> torch.Tensor:
+    """This rank's CUDA generator state from a checkpoint: one state (bytes), or, from checkpoints that kept every
+    visible GPU's (``get_rng_state_all``), the one of ``device``'s index, else the first."""
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            raise ValueError("the checkpoint holds an empty list of CUDA RNG states")
+        i = device.index or 0
+        saved = saved[i] if i < len(saved) else saved[0]
+    return _rng_tensor(saved)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -189,6 +199,8 @@ class Trainer:
             raise ConfigError(f"pic.K={p.K} is smaller than the batch (optim.batch_size B={o.batch_size}); "
                               "the batch's own instances must all be among the K recent ones")
         # --- device, precision and seeds
+        if cfg.run.deterministic:  # read by cuBLAS when CUDA initialises: before the first CUDA call
+            distributed.deterministic_cuda_env()
         self.device = resolve_device(cfg.run.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # per thread: this is the thread that trains
@@ -244,7 +256,9 @@ class Trainer:
             # torch.set_rng_state refuses them
             "rng": {"torch": _rng_bytes(torch.get_rng_state()), "numpy": np.random.get_state(),
                     "python": random.getstate(),
-                    "cuda": [_rng_bytes(t) for t in torch.cuda.get_rng_state_all()]
+                    # this rank's generator only: every rank sees its own GPU (or, bound per task, only it),
+                    # and a process with fewer GPUs (the evaluation task) restores it all the same
+                    "cuda": _rng_bytes(torch.cuda.get_rng_state(self.device))
                     if self.device.type == "cuda" else None},
         }
 
@@ -259,7 +273,7 @@ class Trainer:
         np.random.set_state(sd["rng"]["numpy"])
         random.setstate(sd["rng"]["python"])
         if sd["rng"]["cuda"] is not None and self.device.type == "cuda":  # a CPU resume keeps its own
-            torch.cuda.set_rng_state_all([_rng_tensor(t) for t in sd["rng"]["cuda"]])
+            torch.cuda.set_rng_state(cuda_rng_state(sd["rng"]["cuda"], self.device), self.device)
         if "schedule" in sd:  # checkpoints written before it was kept replay the official sampler from window 0
             self.schedule.load_state_dict(sd["schedule"])
         self.negatives.refill(self.schedule, self.step * self.cfg.optim.batch_size)
@@ -280,8 +294,13 @@ class Trainer:
         self.save(path)
         self.dist.barrier()
 
-    def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+    def read(self, path: Path) -> dict[str, Any]:
+        """The checkpoint's contents (what fails here means the file cannot be read: ``checkpoint``)."""
+        return torch.load(path, map_location=self.device, weights_only=False)
+
+    def load(self, path: Path, sd: dict[str, Any] | None = None) -> None:
+        """Restores the checkpoint at ``path`` (``sd``: its contents, already ``read``)."""
+        self.load_state_dict(self.read(path) if sd is None else sd)
         if self.dist.is_main:
             print(f"resuming from step {self.step} of {self.derived['steps']}: {path}", file=sys.stderr)
 
@@ -359,7 +378,7 @@ class Trainer:
 
         def read(flags: list[bool]) -> list[bool]:
             """The host sync: pending losses -> meters (checked), and the flags agreed over ranks."""
-            nonlocal pending, window_t0
+            nonlocal pending
             values, agreed = self.dist.read(pending, flags)
             first = self.step - len(pending)  # the step index of values[0]
             if cuda:  # the window's wall time over its steps: the read above waited for the device

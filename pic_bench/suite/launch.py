@@ -75,6 +75,7 @@ class ClusterConfig:
     eval_task: bool = True  # evaluate each PIC cell in its own array task, started when its training task succeeds
     eval: dict = field(default_factory=dict)  # resources of evaluation tasks (RESOURCE_KEYS; default: training's)
     baseline: dict = field(default_factory=dict)  # resources of baseline tasks (default: one rank, <= one GPU)
+    group_timeout_min: float = 30.0  # the process group's timeout (rendezvous and every collective), minutes
 
     @property
     def ranks(self) -> int:
@@ -179,6 +180,9 @@ def _check_ranges(cc: ClusterConfig, what: str) -> None:
     for key in ("gpus_per_node", "signal_delay_s", "max_requeues", "checkpoint_every"):
         if getattr(cc, key) < 0:
             raise ConfigError(f"{what}: '{key}' must be >= 0, got {getattr(cc, key)}")
+    if not 0 < cc.group_timeout_min < 7 * 24 * 60:  # NaN and inf too: a timedelta of inf minutes overflows
+        raise ConfigError(f"{what}: 'group_timeout_min' must be > 0 and under a week (minutes), got "
+                          f"{cc.group_timeout_min}")
     if cc.mem_gb <= 0 or cc.step_s < 0:
         raise ConfigError(f"{what}: need mem_gb > 0 and step_s >= 0, got {cc.mem_gb}, {cc.step_s}")
 
@@ -393,8 +397,9 @@ def check_budget(cc: ClusterConfig, tasks: list[Task], results_dir: Path, where:
 class ArrayTask(submitit.helpers.Checkpointable):
     """The callable submitit pickles for each array task (see ``checkpoint`` for the preemption path)."""
 
-    def __init__(self, signal_delay_s: int = 90):
+    def __init__(self, signal_delay_s: int = 90, group_timeout_min: float = 30.0):
         self.signal_delay_s = signal_delay_s
+        self.group_timeout_min = group_timeout_min  # the process group's (cluster key group_timeout_min)
         self.requeue_wait_s = signal_delay_s + 60  # how long a stopped task waits to be ended by the requeue
         self._stop: threading.Event | None = None
         self._worker: threading.Thread | None = None
@@ -436,7 +441,7 @@ class ArrayTask(submitit.helpers.Checkpointable):
         return True
 
     def __getstate__(self) -> dict:
-        return {"signal_delay_s": self.signal_delay_s}
+        return {"signal_delay_s": self.signal_delay_s, "group_timeout_min": self.group_timeout_min}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -447,7 +452,10 @@ class ArrayTask(submitit.helpers.Checkpointable):
 
         if threading.current_thread() is threading.main_thread():
             self.take_over_signal()
-        ctx = distributed.init_from_env(task.cfg.run.device)
+        if task.kind == "pic" and task.stage != "eval":  # an evaluation task's training probed its data
+            probe_before_group(task)
+        ctx = distributed.init_from_env(task.cfg.run.device, timeout_min=self.group_timeout_min,
+                                        deterministic=task.cfg.run.deterministic)
         try:
             # a requeue that raced the row, or a resubmission; decided by rank 0 for all ranks (collective)
             if ctx.agree(ctx.is_main and task.done()):
@@ -492,7 +500,27 @@ class ArrayTask(submitit.helpers.Checkpointable):
         if self._worker is not None:
             # bounded: if the task is evaluating, it resumes from its last checkpoint (or skips if its row lands)
             self._worker.join(timeout=max(5, self.signal_delay_s - 15))
-        return DelayedSubmission(ArrayTask(self.signal_delay_s), task)
+        return DelayedSubmission(ArrayTask(self.signal_delay_s, self.group_timeout_min), task)
+
+
+def probe_before_group(task: Task) -> None:
+    """Every rank of a multi-rank task decodes its shard of the task's images (``probe.probe_shard``, cached beside
+    the folder's listing) before the process group exists: rank 0's probe in ``run_task`` then reads the result,
+    and no rank waits in a collective (under the group's timeout) while another decodes a whole dataset. A
+    requeued segment finds the result cached and decodes nothing. A failure here (missing data) is left for
+    ``run_task`` to record in the task's row."""
+    from ..data.probe import probe_shard
+    from ..data.sources import load_source
+    from ..pic import distributed
+
+    found = distributed.env_rank_world()
+    if found is None or found[2] == 1:
+        return  # one rank: run_task probes (and caches) with nobody waiting
+    try:
+        probe_shard(load_source(task.cfg.data, task.cfg.run.seed), found[0], found[2])
+    except Exception as e:  # noqa: BLE001 - recorded by run_task, which meets the same error
+        print(f"warning: the probe of rank {found[0]} before the process group failed ({type(e).__name__}: {e})",
+              file=sys.stderr)
 
 
 def timed_out(ran_s: float, limit_s: float, signal_delay_s: float) -> bool:
@@ -508,13 +536,14 @@ def follow(task: Task, should_stop) -> None:
 
     if task.kind != "pic":
         return None
-    trainer = resume(Trainer(task.cfg), task.checkpoint, move=False)  # rank 0 moves an unreadable one aside
+    # rank 0 moves an unreadable one aside (never an evaluation task's final checkpoint)
+    trainer = resume(Trainer(task.cfg), task.checkpoint, move=False, final=task.stage == "eval")
     trainer.train(should_stop=should_stop, checkpoint=task.checkpoint)  # saving is a no-op off rank 0
     if task.stage == "train":
         return None
     from ..eval.evaluate import Progress, evaluate_run  # evaluation is sharded over the ranks: this one embeds its slice
 
-    progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"))
+    progress = Progress(task.checkpoint.with_name(task.checkpoint.stem + "-eval.pt"), dist=trainer.dist)
     evaluate_run(trainer, progress)
     progress.clear()
     return None
@@ -600,7 +629,7 @@ def _submit_array(tasks: list[Task], cc: ClusterConfig, stage: str, results_dir:
                                            "kill_on_invalid_dep": "yes"}
     ex.update_parameters(**params)
     try:
-        jobs = ex.map_array(ArrayTask(cc.signal_delay_s), tasks)
+        jobs = ex.map_array(ArrayTask(cc.signal_delay_s, cc.group_timeout_min), tasks)
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError) as e:
         # sbatch's own words (memory beyond any node, an unknown flag, ...), one line; nothing more is queued
         said = "; ".join(line.strip().removeprefix("sbatch: error: ").strip()

@@ -22,6 +22,7 @@ from ..config import Config, config_hash
 from ..data import sources as data_sources
 from ..data.probe import probe
 from ..files import WriteError, write_atomic, write_error
+from ..pic.checkpoint import move_aside as _move_aside, unreadable_file
 from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
 from ..report.timing import measure
 
@@ -168,6 +169,28 @@ def read_trained(task: Task) -> dict[str, Any] | None:
         return None
 
 
+def read_trained_or_move(task: Task) -> tuple[dict[str, Any] | None, str]:
+    """``read_trained`` for a run, and what became of an unreadable marker ("" when none): a marker that exists
+    but cannot be read (not JSON, or not a marker's fields) is named, moved aside (``.corrupt-<n>``) and None is
+    returned, so the training half runs again (from the final checkpoint, when there is one) instead of failing
+    every rerun."""
+    path = task.trained_marker
+    if not path.is_file():
+        return None, ""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+            raise ValueError("not a trained marker (no metrics)")
+        return record, ""
+    except (ValueError, UnicodeDecodeError) as e:
+        aside = move_aside(path)
+        what = f"trained marker {path} cannot be read ({type(e).__name__}: {_first_line(e)}); moved to {aside}"
+        print(f"warning: {what}; the cell's training half runs again", file=sys.stderr)
+        return None, what
+    except OSError:
+        return None, ""
+
+
 def write_trained(task: Task, **record: Any) -> None:
     """The trained marker (atomically): ``record`` (step, metrics, backbone, bad, derived) and the time."""
     path = task.trained_marker
@@ -192,6 +215,11 @@ def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, m
         append_row(row, Path(task.results_dir))
     except WriteError as w:  # the disk that failed the run may refuse its row too: said with the run's error
         e.add_note(f"its failed row was not written either: {w}")
+        return row
+    try:
+        e.failed_row = True  # read by run_local: a failure says whether it left a row
+    except AttributeError:
+        pass
     return row
 
 
@@ -205,33 +233,49 @@ def _known_digest(task: Task) -> dict[str, Any]:
 
 def move_aside(path: Path) -> Path:
     """Renames ``path`` to the first free ``<path>.corrupt-<n>`` (kept for inspection, never deleted)."""
-    n = 1
-    while path.with_name(f"{path.name}.corrupt-{n}").exists():
-        n += 1
-    aside = path.with_name(f"{path.name}.corrupt-{n}")
-    os.replace(path, aside)
-    return aside
+    return _move_aside(path)
 
 
-def resume(trainer, ckpt: Path, move: bool = True):
-    """The trainer resumed from ``ckpt`` if it is a readable checkpoint of this run; otherwise, with a warning
-    naming the file, the checkpoint is moved aside (``move``: rank 0 only) and a fresh trainer starts at step 0.
+class CheckpointError(RuntimeError):
+    """A checkpoint that is kept but cannot be used here: it reads but does not restore, or it is the final
+    checkpoint of an evaluation task and cannot be read. The message names the file and the error."""
 
-    A checkpoint cut short by a full disk, a zero-byte file or garbage would otherwise fail every later run of
-    the cell with a raw unpickling error that never names the file."""
-    from ..pic.train import Trainer
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def resume(trainer, ckpt: Path, move: bool = True, final: bool = False):
+    """The trainer resumed from ``ckpt`` if it is a readable checkpoint of this run.
+
+    A file that cannot be *read* (cut short by a full disk, zero bytes, garbage: ``checkpoint.unreadable_file``)
+    is, with a warning naming it, moved aside (``move``: rank 0 only) and a fresh trainer starts at step 0;
+    otherwise it would fail every later run of the cell with a raw unpickling error that never names the file.
+    ``final`` (an evaluation task's trained checkpoint) is never moved aside: ``CheckpointError``. A file that
+    reads but does not restore (a shape, a key, an RNG state: a bug or another run's file, not corruption) is
+    kept and raises ``CheckpointError`` naming it and the error."""
     if not ckpt.is_file():
         return trainer
     try:
-        trainer.load(ckpt)
-    except Exception as e:  # noqa: BLE001 - whatever makes it unreadable, the cell restarts from step 0
-        why = (str(e).strip().splitlines() or [""])[0][:200]
+        sd = trainer.read(ckpt)
+    except Exception as e:  # noqa: BLE001 - sorted below: unreadable bytes, or anything else
+        if not unreadable_file(e):
+            raise CheckpointError(f"checkpoint {ckpt} cannot be loaded ({type(e).__name__}: {_first_line(e)}); "
+                                  f"it is kept as it is") from e
+        if final:
+            raise CheckpointError(f"the final checkpoint {ckpt} of a trained cell cannot be read "
+                                  f"({type(e).__name__}: {_first_line(e)}); an evaluation task does not retrain: "
+                                  f"it is kept as it is") from e
         aside = move_aside(ckpt) if move and ckpt.is_file() else None
-        print(f"warning: checkpoint {ckpt} cannot be resumed from ({type(e).__name__}: {why})"
+        print(f"warning: checkpoint {ckpt} cannot be read ({type(e).__name__}: {_first_line(e)})"
               + (f"; moved to {aside}" if aside else "") + "; the cell restarts from step 0", file=sys.stderr)
-        # a fresh trainer: a load that failed half-way may have left some of its state in this one
-        return Trainer(trainer.cfg, source=trainer.source)
+        return trainer
+    try:
+        trainer.load(ckpt, sd)
+    except Exception as e:  # noqa: BLE001 - a readable file that does not restore is not corrupt: kept, named
+        raise CheckpointError(f"checkpoint {ckpt} reads but cannot be restored ({type(e).__name__}: "
+                              f"{_first_line(e)}); it is kept as it is (not moved aside): fix the cause, or move "
+                              f"it away yourself to retrain the cell from step 0") from e
     print(f"resuming {ckpt} from step {trainer.step}", file=sys.stderr)
     return trainer
 
@@ -343,10 +387,11 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     from ..pic.train import reset_peak_memory, resolve_device
 
     ckpt = task.checkpoint
-    marker = read_trained(task) if task.trained() else None
+    marker, moved = read_trained_or_move(task) if task.trained() else (None, "")
     if task.stage == "eval" and marker is None:
-        e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (no "
-                       f"{task.trained_marker} or no {ckpt}); running the same command again submits the training")
+        e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (" + (
+            moved or f"no {task.trained_marker} or no {ckpt}") + "); running the same command again submits the "
+                       "training")
         _failed_row(task, _known_digest(task), cfg.run.device, e)
         raise e
     reset_peak_memory(resolve_device(cfg.run.device))
@@ -362,7 +407,16 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     except Exception as e:  # noqa: BLE001 - recorded before it propagates
         _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
         raise
-    trainer = resume(trainer, ckpt)
+    try:
+        trainer = resume(trainer, ckpt, final=task.stage == "eval")
+    except CheckpointError as e:
+        if (task.stage == "eval" and e.__cause__ is not None and unreadable_file(e.__cause__)
+                and task.trained_marker.is_file()):
+            # the marker names a checkpoint that cannot be read: moved aside, so that the next run of the
+            # same command submits the training again, whose resume moves the checkpoint aside
+            move_aside(task.trained_marker)
+        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
+        raise
     trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
                "eval_split": trainer.source.eval_split}
@@ -413,7 +467,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         if task.stage == "train":
             return {"status": "trained", "name": task.name, "metrics": metrics,
                     "backbone": str(backbone) if backbone else None}
-        eval_progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"))
+        eval_progress = Progress(ckpt.with_name(ckpt.stem + "-eval.pt"), dist=trainer.dist)
         t0 = time.perf_counter()
         metrics.update(evaluate_run(trainer, eval_progress))
         metrics["eval_wall_s"] = time.perf_counter() - t0
@@ -466,6 +520,7 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
         print(f"skipping {len(tasks) - len(todo)} task(s) whose row already exists", file=sys.stderr)
     failed: list[tuple[Task, str]] = []
     write_failed = False
+    rowless = 0  # failures that wrote no failed row (an error before the task could write one)
     for i, task in enumerate(todo, 1):
         bar = tqdm(total=1, desc=f"[{i}/{len(todo)}] {task.kind} {task.cell or 'default'} s{task.cfg.run.seed}",
                    disable=quiet, leave=False, file=sys.stderr, mininterval=1.0)
@@ -483,13 +538,16 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
         except WriteError as e:  # a full or read-only disk: every later task would fail the same way
             print(f"error: {task.name} {task.cell or 'default'}: {e}"
                   + "".join(f"; {n}" for n in getattr(e, "__notes__", []))
-                  + f" (stopping here: free space or fix the folder, then run the same command again)",
+                  + " (stopping here: free space or fix the folder, then run the same command again)",
                   file=sys.stderr)
             write_failed = True
             break
         except Exception as e:  # noqa: BLE001 - its failed row is written; the sweep goes on
             why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             failed.append((task, why))
+            rowless += not getattr(e, "failed_row", False)
+            if isinstance(e, CheckpointError):  # a kept file the user must look at: named on an error: line
+                print(f"error: {e}", file=sys.stderr)
             print(f"[{i}/{len(todo)}] {task.kind} {task.cell} seed {task.cfg.run.seed}: FAILED: "
                   f"{type(e).__name__}: {why}", file=sys.stderr)
             if fail_fast:
@@ -503,8 +561,10 @@ def run_local(tasks: list[Task], quiet: bool = False, fail_fast: bool = False) -
               + ", ".join(f"{k} {r[k]:.2f}" for k in ("knn_top1", "linear_top1", "step_ms_median") if k in r),
               file=sys.stderr)
     if failed:
-        print(f"{len(failed)} task(s) failed (each wrote a failed row; running the same command again retries "
-              f"them):", file=sys.stderr)
+        wrote = ("each wrote a failed row" if not rowless else "none wrote a row" if rowless == len(failed)
+                 else f"{len(failed) - rowless} wrote a failed row, {rowless} none")
+        print(f"{len(failed)} task(s) failed ({wrote}; running the same command again retries them):",
+              file=sys.stderr)
         for task, why in failed:
             print(f"  {task.name} {task.cell or 'default'}: {why}", file=sys.stderr)
         return 1
