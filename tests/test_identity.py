@@ -50,9 +50,11 @@ def test_another_image_folder_is_another_cell_and_the_same_folder_elsewhere_is_t
     assert rows[0]["config_hash"] == rows[1]["config_hash"]  # config_hash itself is unchanged: paths left out
     assert rows[0]["data"]["digest"] != rows[1]["data"]["digest"]
     assert [r["data"]["N"] for r in rows] == [12, 16]
-    assert {tuple(sorted(r["data"])) for r in rows} == {("N", "dataset", "digest", "image_size")}
+    assert {tuple(sorted(r["data"])) for r in rows} == {("N", "dataset", "digest", "digest_of", "image_size")}
     assert rows[0]["data"]["dataset"] == "imagefolder" and rows[0]["data"]["image_size"] == 8
-    assert rows[0]["data"]["digest"] == rows[0]["derived"]["index_digest"]
+    # the key's digest is the content's (issue 21); the names-only index digest keeps its old meaning beside it
+    assert rows[0]["data"]["digest"] == rows[0]["derived"]["data_digest"] != rows[0]["derived"]["index_digest"]
+    assert rows[0]["data"]["digest_of"] == "content"
     # folder A copied elsewhere is the same data: its cell is done
     shutil.copytree(a, tmp_path / "A_moved")
     assert run_on(tmp_path, abl, tmp_path / "A_moved") == 0
@@ -72,10 +74,20 @@ def test_rows_without_a_data_field_read_their_digest_from_derived(tmp_path):
     assert not other.done()
 
 
-def test_every_committed_row_is_done_for_the_tasks_that_wrote_it():
+def test_committed_rows_keep_their_meaning_beside_content_digests():
+    """Rows written before issue 21 keep the digest they recorded (the instance list's, names only): each is the
+    index digest of the task that wrote it, while a task now keys on its data's content, so old and new rows are
+    two sections of a table, never one cell."""
+    from pic_bench.data.sources import load_source as load
     abl = load_ablation("ablations/negatives_k.yaml").for_preset("small")
     ts = expand(abl, "small", {}, "results")
-    assert ts and all(t.done() for t in ts)
+    rows, _ = read_rows(Path("results"), "negatives_k")
+    src = load(ts[0].cfg.data)
+    assert src.digest != src.index_digest
+    old = [r for r in rows if r["preset"] == "small" and r.get("kind") == "pic" and r["status"] == "ok"]
+    assert old and all(not (r.get("data") or {}).get("digest_of") for r in old)
+    assert {row_key(r)[5] for r in old} == {src.index_digest}
+    assert not any(t.done() for t in ts if t.kind == "pic")
 
 
 def test_the_dataset_index_is_loaded_once_per_data_config_when_expanding(tmp_path, monkeypatch):

@@ -236,8 +236,8 @@ class Trainer:
     # ---- checkpoint: network + optimizer, classifier, scheduler position, RNG states, meters
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
+            "step": self.step, "data_digest": self.source.digest,  # what it trained on: a resume checks it
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
             # the scheduler's state from the ring's first position on (the official sampler is sequential)
             "schedule": self.schedule.state_dict(self.negatives.lookback(self.step * self.cfg.optim.batch_size)),
             # bytes, not tensors: torch.load(map_location=<cuda>) would move ByteTensors off the CPU, where
@@ -249,6 +249,10 @@ class Trainer:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        # a checkpoint of other data would resume its weights onto other images (checked before anything is set)
+        if sd.get("data_digest") not in (None, self.source.digest):
+            raise DataMismatch(f"the checkpoint was trained on data with digest {sd['data_digest']}, but this run's "
+                               f"data has digest {self.source.digest}; refusing to resume onto other images")
         self.step = int(sd["step"])
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
@@ -458,6 +462,10 @@ class Trainer:
                               self.cfg.run.seed, self.cfg.data.on_bad_image, self.cfg.data.workers, progress)
 
 
+class DataMismatch(RuntimeError):
+    """A checkpoint's recorded data digest is not the data's: resuming would continue on other images."""
+
+
 def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tuple[dict[str, float], dict]:
     """The two baselines under the run's evaluation protocol: 'random' (untrained network) or 'pixels'."""
     source = source or load_source(cfg.data, cfg.run.seed)
@@ -474,7 +482,8 @@ def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tu
         m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image,
                            cfg.data.workers)
     m["eval_wall_s"] = time.perf_counter() - t0
-    derived = {"N": source.N, "index_digest": source.index_digest, "eval_split": source.eval_split}
+    derived = {"N": source.N, "index_digest": source.index_digest, "data_digest": source.digest,
+               "eval_split": source.eval_split}
     if kind == "pixels":
         derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
     return m, derived

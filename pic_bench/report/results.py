@@ -120,9 +120,14 @@ def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, stat
              metrics: dict[str, Any], derived: dict[str, Any], device, error: str | None = None,
              kind: str = "pic") -> dict[str, Any]:
     """One result row. ``row["data"]`` names the data the run saw: the dataset, N (instances), the image size and
-    the digest of its index -> image map (``derived["index_digest"]``), which is part of the row's key."""
+    the digest that is part of the row's key: the content digest of the data (``derived["data_digest"]``: names and
+    bytes of the training and evaluation images, or the in-memory arrays; ``digest_of: "content"``). Rows written
+    before it recorded the digest of the training file names only (``derived["index_digest"]``), kept as it was."""
+    content = derived.get("data_digest")
     data = {"dataset": cfg.data.dataset, "N": derived.get("N"), "image_size": cfg.data.image_size,
-            "digest": derived.get("index_digest")}
+            "digest": content or derived.get("index_digest")}
+    if content:
+        data["digest_of"] = "content"
     return {
         "ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "config_hash": config_hash(cfg),
         "seed": cfg.run.seed, "status": status, "error": error, "metrics": metrics, "derived": derived,

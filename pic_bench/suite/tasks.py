@@ -25,8 +25,8 @@ from ..data.probe import probe
 from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
 
 
-# data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
-# images, channels), per process
+# data config (and the seed, for data drawn from it) -> (the digest of its content, N, evaluation images,
+# channels), per process
 _DATA: dict[tuple, tuple[str, int, int, int]] = {}
 
 
@@ -37,18 +37,19 @@ def _data(cfg: Config) -> tuple[str, int, int, int]:
     key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
     if key not in _DATA:
         s = data_sources.load_source(cfg.data, cfg.run.seed)
-        _DATA[key] = (s.index_digest, s.N, len(s.test), s.channels)
+        _DATA[key] = (s.digest, s.N, len(s.test), s.channels)
     return _DATA[key]
 
 
 def data_digest(cfg: Config) -> str:
-    """The digest of the instances a config trains on (``Source.index_digest``)."""
+    """The identity of the data a config trains and evaluates on (``Source.digest``: for a folder the names and bytes
+    of its training images and evaluation split, for the in-memory datasets their arrays)."""
     return _data(cfg)[0]
 
 
 def data_sizes(cfg: Config) -> tuple[int, int, int]:
     """(N training instances, images of the evaluation split, channels) of a config's data, from the same load as
-    its digest (for a folder: the cached listing, no image is decoded)."""
+    its digest (for a folder: the cached listing and file hashes, no image is decoded)."""
     return _data(cfg)[1:]
 
 
@@ -184,7 +185,7 @@ def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, m
 def _known_digest(task: Task) -> dict[str, Any]:
     """What a failed row can say about its data when the data could not be loaded: the task's digest if known."""
     try:
-        return {"index_digest": task.digest}
+        return {"data_digest": task.digest}
     except Exception:  # noqa: BLE001 - the data is what failed; the row records the error
         return {}
 
@@ -204,13 +205,16 @@ def resume(trainer, ckpt: Path, move: bool = True):
     naming the file, the checkpoint is moved aside (``move``: rank 0 only) and a fresh trainer starts at step 0.
 
     A checkpoint cut short by a full disk, a zero-byte file or garbage would otherwise fail every later run of
-    the cell with a raw unpickling error that never names the file."""
-    from ..pic.train import Trainer
+    the cell with a raw unpickling error that never names the file. A checkpoint whose recorded data digest is not
+    the data's is refused (``train.DataMismatch`` naming the file and both digests), not moved aside."""
+    from ..pic.train import DataMismatch, Trainer
 
     if not ckpt.is_file():
         return trainer
     try:
         trainer.load(ckpt)
+    except DataMismatch as e:  # readable, but of other data: kept where it is, and the run refused
+        raise DataMismatch(f"{ckpt}: {e}") from None
     except Exception as e:  # noqa: BLE001 - whatever makes it unreadable, the cell restarts from step 0
         why = (str(e).strip().splitlines() or [""])[0][:200]
         aside = move_aside(ckpt) if move and ckpt.is_file() else None
@@ -329,11 +333,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         # a trained cell was probed by its training
         bad = marker["bad"] if marker and "bad" in marker else probe(trainer.source, cfg.data.on_bad_image)
     except Exception as e:  # noqa: BLE001 - recorded before it propagates
-        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
+        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest,
+                           "data_digest": trainer.source.digest}, trainer.device, e)
         raise
     trainer = resume(trainer, ckpt)
     trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
-    derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
+    derived = {**trainer.derived, "index_digest": trainer.source.index_digest, "data_digest": trainer.source.digest,
                "eval_split": trainer.source.eval_split}
     if any(bad.values()):
         derived["bad_images"] = bad
