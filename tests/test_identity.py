@@ -157,3 +157,134 @@ def test_tasks_with_one_key_are_submitted_once(tmp_path, monkeypatch, capsys):
     assert "warning: 1 task(s) resolve to the same experiment" in capsys.readouterr().err
     manifest = launch.read_manifest(tmp_path, "dup")
     assert set(manifest) == {t.key, other.key}
+
+
+# ---- the data's content is the identity (issue 21)
+def png_folder(root: Path, seed: int, n_train: int = 8, n_val: int = 4, compress: int = 6) -> Path:
+    """root/{train,val}/c<k>/<i>.png of random 8x8 pixels drawn from ``seed`` (lossless: a re-encoding changes
+    the bytes, never the pixels)."""
+    from PIL import Image
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            p = root / split / f"c{i % 2}" / f"{i:03d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(g.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(p, compress_level=compress)
+    return root
+
+
+def digest_of(root: Path, monkeypatch, **kw) -> str:
+    """The digest a task on folder ``root`` is keyed on, loaded afresh (the per-process cache emptied)."""
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    cfg = apply(build("smoke"), {"data.dataset": "imagefolder", "data.root": str(root), "data.num_instances": 0,
+                                 "data.test_size": 0, **kw}, "t")
+    return Task("x", "smoke", {}, cfg, results_dir=str(root.parent / "res")).digest
+
+
+def test_two_folders_with_the_same_names_and_other_pixels_are_two_cells(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    abl = folder_ablation(tmp_path)
+    a = write_folder(tmp_path / "A", 12)
+    b = tmp_path / "B"
+    shutil.copytree(a, b)
+    for i, f in enumerate(sorted((b / "train").rglob("*.jpg"))):  # same names, other images
+        src = load_source(build("smoke").data)
+        f.write_bytes(encode_jpeg(src.train.images[100 + i].expand(3, -1, -1).contiguous()))
+    assert run_on(tmp_path, abl, a) == 0
+    assert run_on(tmp_path, abl, b) == 0
+    assert "skipping" not in capsys.readouterr().err  # before: B's cell was "done" with A's numbers
+    rows, _ = read_rows(tmp_path / "res", "folders")
+    assert len(rows) == 2 and rows[0]["data"]["digest"] != rows[1]["data"]["digest"]
+    assert rows[0]["derived"]["index_digest"] == rows[1]["derived"]["index_digest"]  # the names are the same
+
+
+def test_a_changed_image_in_val_only_is_a_new_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "cache"))
+    root = png_folder(tmp_path / "data", seed=0)
+    before = digest_of(root, monkeypatch)
+    assert digest_of(root, monkeypatch) == before  # stable
+    png_folder(tmp_path / "other", seed=1)
+    shutil.copyfile(tmp_path / "other" / "val" / "c1" / "001.png", root / "val" / "c1" / "001.png")
+    assert digest_of(root, monkeypatch) != before
+    # evaluating on train/ leaves val/ out of the identity
+    assert digest_of(root, monkeypatch, **{"data.eval_split": "train"}) != digest_of(root, monkeypatch)
+
+
+def test_a_reencoded_copy_is_another_cell_and_a_byte_copy_the_same(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "cache"))
+    root = png_folder(tmp_path / "data", seed=0)
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(root, copy)
+    assert digest_of(copy, monkeypatch) == digest_of(root, monkeypatch)  # same bytes at another path: same cell
+    reenc = tmp_path / "reencoded"
+    shutil.copytree(root, reenc)
+    for f in reenc.rglob("*.png"):
+        with Image.open(f) as im:
+            im.load()
+            im.save(f, compress_level=0)  # the same pixels, other bytes
+    assert digest_of(reenc, monkeypatch) != digest_of(root, monkeypatch)
+
+
+def test_in_memory_datasets_digest_their_test_split_too(monkeypatch):
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    cfg = apply(build("smoke"), {"data.dataset": "digits", "data.num_instances": 100, "data.test_size": 50}, "t")
+    other = apply(cfg, {"data.test_size": 60}, "t")
+    a, b = load_source(cfg.data), load_source(other.data)
+    assert a.index_digest == b.index_digest  # the training selection is the same
+    assert tasks_mod.data_digest(cfg) != tasks_mod.data_digest(other)  # before: one digest for both
+    assert a.digest == load_source(cfg.data).digest
+
+
+def small_folder_cfg(root: Path):
+    return apply(build("smoke"), {"data.dataset": "imagefolder", "data.root": str(root), "data.num_instances": 0,
+                                  "data.test_size": 0, "optim.batch_size": 4, "pic.K": 8, "pic.D": 8, "pic.S": 4,
+                                  "data.eval_split": "train"}, "t")
+
+
+def test_a_resume_onto_other_images_is_refused_naming_both_digests(tmp_path, monkeypatch):
+    from pic_bench.pic.train import Trainer
+
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "cache"))
+    a = png_folder(tmp_path / "A", seed=0, n_train=12)
+    b = png_folder(tmp_path / "B", seed=1, n_train=12)
+    ta = Trainer(small_folder_cfg(a))
+    ckpt = tmp_path / "ck" / "x.pt"
+    ta.save(ckpt)
+    tb = Trainer(small_folder_cfg(b))
+    with pytest.raises(Exception, match="refusing to resume") as e:  # before: resumed silently
+        tasks_mod.resume(tb, ckpt)
+    assert ta.source.digest in str(e.value) and tb.source.digest in str(e.value) and str(ckpt) in str(e.value)
+    assert ckpt.is_file()  # a readable checkpoint of other data is kept, not moved aside
+    assert tasks_mod.resume(Trainer(small_folder_cfg(a)), ckpt).step == 0  # its own data resumes
+
+
+def test_the_dry_run_prints_the_digest_and_says_new_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    abl = folder_ablation(tmp_path)
+    a = write_folder(tmp_path / "A", 12)
+    assert run_on(tmp_path, abl, a) == 0
+    digest = read_rows(tmp_path / "res", "folders")[0][0]["data"]["digest"]
+    capsys.readouterr()
+    argv = [str(abl), "smoke", "--results", str(tmp_path / "res"), "--no-baselines", "--dry-run",
+            "data.dataset=imagefolder", f"data.root={a}", "data.num_instances=0", "data.test_size=0",
+            "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=2", "eval.knn_k=3",
+            "eval.linear_epochs=2", "data.eval_split=train"]
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"content digest {digest[:16]}" in out and "new data" not in out and " done" in out
+    f = sorted((a / "train").rglob("*.jpg"))[3]
+    f.write_bytes(sorted((a / "train").rglob("*.jpg"))[4].read_bytes())  # replaced in place, same name
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "new data" in out and digest[:16] in out and " todo" in out
+    from pic_bench.suite import status
+
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert status.main([str(abl), "smoke", *argv[6:], "--results", str(tmp_path / "res"), "--no-baselines"]) == 0
+    assert "new data" in capsys.readouterr().out

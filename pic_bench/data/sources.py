@@ -333,8 +333,17 @@ def image_folder(cfg: DataConfig) -> Source:
                            "or set data.eval_split=train to evaluate on the training images themselves")
     digest = digest_files(files, train_dir)
     parts = (("train", files, train_dir),) + ((("val", test.files, test_dir),) if split == "val" else ())
+    split_digests = {}
+    for name, fl, base in parts:
+        hashes = file_hashes(fl, base)
+        gone = [f for f, x in zip(fl, hashes) if x == UNREADABLE]
+        if gone and cfg.on_bad_image != "skip":  # a dangling symlink, a file without read permission
+            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+            raise DatasetError(f"cannot read {gone[0]!r}{more} in {name}/ (a dangling symlink or no read "
+                               "permission): fix or remove it, or set data.on_bad_image=skip to leave it out")
+        split_digests[name] = fold(relative_paths(fl, base), hashes)
     return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                  digest, split, digest=folder_digest(parts, split), digest_parts=parts)
+                  digest, split, digest=folder_digest(parts, split, split_digests), digest_parts=parts)
 
 
 # ---- one listing per dataset, kept outside the dataset folder

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
 from .launch import ACTIVE, accounting_states, never_starts, queue_states, read_manifest
+from ..data.sources import DatasetError
 from ..report.results import DEFAULT_RESULTS, read_rows, row_key
 
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = rest.pop(0)
     if rest and preset is None:
         preset = "small"  # run's default preset, so the same command line names the same tasks
-    expected, curves = None, None
+    expected, curves, notes = None, None, []
     try:
         abl = load_ablation(path) if path.is_file() else None
         name = abl.name if abl else args.ablation
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                            baselines=not args.no_baselines)
             expected = {t.key: t.cell for t in tasks}
             curves = {t.key: t.curve for t in tasks}
-    except ConfigError as e:
+            from .data_note import data_lines
+
+            notes = data_lines(tasks, results)
+    except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     states = task_states(name, results, expected, curves)
@@ -196,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
               + f" under {results}", file=sys.stderr)
         return 1
     print(f"# {name}: per-task state\n")
+    for line in notes:  # the data these tasks are keyed on (with a preset: the tasks are known)
+        print(line)
+    if notes:
+        print()
     print(format_states(states))
     print()
     from ..report.tables import build_table
