@@ -335,13 +335,14 @@ def image_folder(cfg: DataConfig) -> Source:
     parts = (("train", files, train_dir),) + ((("val", test.files, test_dir),) if split == "val" else ())
     split_digests = {}
     for name, fl, base in parts:
-        hashes = file_hashes(fl, base)
+        rel = relative_paths(fl, base)
+        hashes = file_hashes(fl, base, rel=rel)
         gone = [f for f, x in zip(fl, hashes) if x == UNREADABLE]
         if gone and cfg.on_bad_image != "skip":  # a dangling symlink, a file without read permission
             more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
             raise DatasetError(f"cannot read {gone[0]!r}{more} in {name}/ (a dangling symlink or no read "
                                "permission): fix or remove it, or set data.on_bad_image=skip to leave it out")
-        split_digests[name] = fold(relative_paths(fl, base), hashes)
+        split_digests[name] = fold(rel, hashes)
     return Source("imagefolder", FolderSet(files, labels), test, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                   digest, split, digest=folder_digest(parts, split, split_digests), digest_parts=parts)
 
@@ -522,7 +523,8 @@ def hashes_path(base: Path) -> Path:
     return cache_dir() / "listing" / f"{_key(base)}.hashes"
 
 
-def _read_hashes(path: Path) -> dict[str, tuple[tuple[int, int, int, int], str]]:
+def _read_hashes(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (its stat key as written: "size<TAB>mtime_ns<TAB>ctime_ns<TAB>inode", sha256)."""
     try:
         lines = _lines(path)
     except OSError:
@@ -532,17 +534,13 @@ def _read_hashes(path: Path) -> dict[str, tuple[tuple[int, int, int, int], str]]
     out = {}
     for line in lines[1:]:
         f = line.split("\t", 5)
-        if len(f) == 6 and len(f[0]) == 64:
-            try:
-                out[f[5]] = ((int(f[1]), int(f[2]), int(f[3]), int(f[4])), f[0])
-            except ValueError:
-                continue  # a damaged line: that file is read again
+        if len(f) == 6 and len(f[0]) == 64:  # a damaged line is left out: that file is read again
+            out[f[5]] = ("\t".join(f[1:5]), f[0])
     return out
 
 
-def _write_hashes(path: Path, entries: dict[str, tuple[tuple[int, int, int, int], str]]) -> None:
-    text = HASHES_HEADER + "\n" + "".join(f"{h}\t{st[0]}\t{st[1]}\t{st[2]}\t{st[3]}\t{rel}\n"
-                                           for rel, (st, h) in sorted(entries.items()))
+def _write_hashes(path: Path, entries: dict[str, tuple[str, str]]) -> None:
+    text = HASHES_HEADER + "\n" + "".join(f"{h}\t{st}\t{rel}\n" for rel, (st, h) in sorted(entries.items()))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -557,12 +555,13 @@ def _write_hashes(path: Path, entries: dict[str, tuple[tuple[int, int, int, int]
             pass
 
 
-def _stat_key(path: str) -> tuple[int, int, int, int] | None:
+def _stat_key(path: str) -> str | None:
+    """"size<TAB>mtime_ns<TAB>ctime_ns<TAB>inode" of a file (None if it cannot be stat'ed: a dangling symlink)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    return f"{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}"
 
 
 def file_sha256(path: str) -> str:
@@ -575,19 +574,19 @@ def file_sha256(path: str) -> str:
 
 
 def fold(rel: list[str], hashes: list[str]) -> str:
-    """The digest of one split: sha256 over "name NUL sha256(bytes)" lines, in index order (names as bytes)."""
-    h = hashlib.sha256()
-    for r, x in zip(rel, hashes):
-        h.update(os.fsencode(r) + b"\0" + x.encode() + b"\n")
-    return h.hexdigest()
+    """The digest of one split: sha256 over "name NUL sha256(bytes)" lines, in index order (names as the bytes
+    the filesystem holds: ``os.fsencode``, i.e. UTF-8 with surrogateescape)."""
+    text = "".join(f"{r}\0{x}\n" for r, x in zip(rel, hashes))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def file_hashes(files: list[str], base: Path, workers: int | None = None) -> list[str]:
+def file_hashes(files: list[str], base: Path, workers: int | None = None, rel: list[str] | None = None
+                ) -> list[str]:
     """The sha256 of every file (order of ``files``), from the cache where a file's stat is unchanged, else read
-    (by a thread pool for many files); the cache is updated."""
+    (by a thread pool for many files); the cache is updated. ``rel``: ``relative_paths(files, base)`` if known."""
     path = hashes_path(base)
     cached = _read_hashes(path)
-    rel = relative_paths(files, base)
+    rel = relative_paths(files, base) if rel is None else rel
     stats = [_stat_key(f) for f in files]
     out: list[str | None] = []
     todo = []
@@ -608,17 +607,19 @@ def file_hashes(files: list[str], base: Path, workers: int | None = None) -> lis
                 read = list(pool.map(lambda i: file_sha256(files[i]), todo, chunksize=256))
         for i, x in zip(todo, read):
             out[i] = x
-        _remember(path, cached, [(rel[i], files[i], out[i]) for i in todo])
+        # keyed by the stat taken before the read: a file changed while it was read is read again next time
+        _remember(path, cached, [(rel[i], files[i], out[i]) for i in todo], [stats[i] for i in todo])
     return out  # type: ignore[return-value]
 
 
-def _remember(path: Path, cached: dict, entries: list[tuple[str, str, str]]) -> None:
-    """Adds (rel, file, sha256) entries to the cache, keyed by the file's stat now; files modified within RACY_S
-    seconds or unreadable are dropped from it (read again next time)."""
+def _remember(path: Path, cached: dict, entries: list[tuple[str, str, str]], stats: list | None = None) -> None:
+    """Adds (rel, file, sha256) entries to the cache, keyed by the file's stat (``stats``, else taken now); files
+    modified within RACY_S seconds or unreadable are dropped from it (read again next time)."""
     now = time.time_ns()
-    for r, f, x in entries:
-        st = _stat_key(f)
-        if x == UNREADABLE or st is None or now - st[1] < RACY_S * 1e9 or now - st[2] < RACY_S * 1e9:
+    for k, (r, f, x) in enumerate(entries):
+        st = stats[k] if stats is not None else _stat_key(f)
+        times = [int(t) for t in st.split("\t")[1:3]] if st is not None else []
+        if x == UNREADABLE or st is None or any(now - t < RACY_S * 1e9 for t in times):
             cached.pop(r, None)
         else:
             cached[r] = (st, x)
@@ -630,7 +631,8 @@ def content_digest(files: list[str], base: Path, workers: int | None = None) -> 
 
     A plain function of the folder: per-file hashes come from ``hashes_path(base)`` where a file is unchanged
     (size, mtime, ctime, inode), otherwise the file is read. A file that cannot be read enters as UNREADABLE."""
-    return fold(relative_paths(files, base), file_hashes(files, base, workers))
+    rel = relative_paths(files, base)
+    return fold(rel, file_hashes(files, base, workers, rel))
 
 
 def content_digest_reference(files: list[str], base: Path) -> str:
