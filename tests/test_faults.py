@@ -294,3 +294,29 @@ def test_a_dangling_symlink_is_an_error_line_before_work_or_skipped_and_counted(
     assert main([*argv, "data.on_bad_image=skip"]) == 0
     (row,) = read_rows(tmp_path / "res", "links")[0]
     assert row["status"] == "ok" and row["derived"]["bad_images"]["train"] == 1
+
+
+def test_image_names_that_are_not_utf8_train_and_are_named_in_rows(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "data")
+    good = sorted((root / "train").rglob("*.jpg"))[0]
+    Path(os.fsdecode(os.fsencode(str(root / "train" / "c0")) + b"/\xff\xfe.jpg")).write_bytes(good.read_bytes())
+    Path(os.fsdecode(os.fsencode(str(root / "train" / "c1")) + b"/\xfe-bad.jpg")).write_bytes(b"garbage")
+    abl = tmp_path / "odd.yaml"
+    abl.write_text("name: odd\nseeds: [0]\n")
+    argv = [str(abl), "smoke", "--results", str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"), "-q",
+            "--no-baselines", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+            "data.test_size=0", "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=1",
+            "eval.knn_k=3", "eval.linear_epochs=1"]
+    assert main(argv) == 1  # before: UnicodeEncodeError (a traceback), here a failed row naming the file
+    (failed,) = read_rows(tmp_path / "res", "odd")[0]
+    assert "\\xfe-bad.jpg" in failed["error"]
+    capsys.readouterr()
+    from pic_bench.suite import tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert main([*argv, "data.on_bad_image=skip"]) == 0
+    ok = [r for r in read_rows(tmp_path / "res", "odd")[0] if r["status"] == "ok"]
+    assert len(ok) == 1 and ok[0]["data"]["N"] == 14 and ok[0]["derived"]["bad_images"]["train"] == 1

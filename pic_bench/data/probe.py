@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import hashlib
 
 from .sources import UNREADABLE, BadImageError, FolderSet, ImageSet, Source, check_read, decode_image, \
-    read_image_bytes
+    read_image_bytes, shown
 
 SERIAL_BELOW = 256  # files; below this a thread pool costs more than it saves
 
@@ -88,7 +88,7 @@ def probe(source: Source, on_bad_image: str, workers: int | None = None) -> dict
         found = [(split, path, why) for split, items in bad.items() for path, why in items]
         if found:
             split, path, why = found[0]
-            more = "; ".join(f"{p}" for _, p, _ in found[1:6]) + (" ..." if len(found) > 6 else "")
+            more = "; ".join(shown(p) for _, p, _ in found[1:6]) + (" ..." if len(found) > 6 else "")
             raise BadImageError(path, f"{why.split(': ', 1)[-1]} (found in {split}/ before training: "
                                       f"{len(found)} unreadable image(s)" + (f", also {more}" if more else "")
                                 + "; fix or remove them, or set data.on_bad_image=skip to leave them out)")

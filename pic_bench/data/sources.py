@@ -37,11 +37,17 @@ class DatasetError(RuntimeError):
     """A dataset is missing, empty or changed; the message names the path and how to fix it."""
 
 
+def shown(path: str) -> str:
+    """A path as messages and rows show it: a name that is not UTF-8 with its odd bytes as \\xNN escapes (the raw
+    surrogates os.fsdecode leaves would fail every UTF-8 write of the message: rows, tables, logs)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class BadImageError(RuntimeError):
     """An image could not be decoded; the message names the file."""
 
     def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot decode image {path}: {reason}")
+        super().__init__(f"cannot decode image {shown(path)}: {shown(reason)}")
         self.path = path
 
 
