@@ -143,7 +143,7 @@ def row_digest(row: dict[str, Any]) -> str | None:
 
 def row_key(row: dict[str, Any]) -> tuple:
     """A row's cell identity: the config hash leaves paths out (data.root), so the same data at another path is
-    the same cell, and the data's digest tells another dataset (or another selection of it) apart."""
+    the same cell, and the data's digest tells another dataset (or another selection, or other content) apart."""
     return (row.get("ablation"), row.get("kind"), row.get("preset"), row.get("config_hash"), row.get("seed"),
             row_digest(row))
 

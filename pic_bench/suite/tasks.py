@@ -82,8 +82,9 @@ def dedupe(tasks: list["Task"]) -> list["Task"]:
 class Task:
     """One array task: a cell of an ablation at one seed (picklable, for submitit).
 
-    Its identity (``key``) is the experiment: kind, preset, config hash (paths left out), the digest of the data it
-    trains on, and the seed. The same dataset at another path is the same task; another dataset is another.
+    Its identity (``key``) is the experiment: kind, preset, config hash (paths left out), the content digest of the
+    data it trains and evaluates on (``data_digest``), and the seed. The same bytes at another path are the same
+    task; other bytes under the same names are another.
     """
 
     ablation: str
