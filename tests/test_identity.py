@@ -288,3 +288,22 @@ def test_the_dry_run_prints_the_digest_and_says_new_data(tmp_path, capsys, monke
     monkeypatch.setattr(tasks_mod, "_DATA", {})
     assert status.main([str(abl), "smoke", *argv[6:], "--results", str(tmp_path / "res"), "--no-baselines"]) == 0
     assert "new data" in capsys.readouterr().out
+
+
+def test_committed_rows_still_compare_with_content_rows_of_the_same_instance_list():
+    from pic_bench.report import compare
+
+    def r(derived, data=None, knn=80.0):
+        row = {"ablation": "a", "preset": "small", "kind": "pic", "config_hash": "h", "seed": 0, "status": "ok",
+               "cell": {"pic.K": 1}, "metrics": {"knn_top1": knn, "linear_top1": knn}, "derived": derived,
+               "config": {}}
+        if data:
+            row["data"] = data
+        return row
+
+    ours = [r({"index_digest": "i1", "data_digest": "c1"}, {"digest": "c1", "digest_of": "content"})]
+    legacy = r({"index_digest": "i1"}, {"digest": "i1"}, knn=70.0)  # written before content digests
+    assert len(compare.compare_rows(ours, [legacy])) == 1  # before: no comparison (c1 != i1)
+    other_list = r({"index_digest": "i2"}, {"digest": "i2"})
+    other_content = r({"index_digest": "i1", "data_digest": "c2"}, {"digest": "c2", "digest_of": "content"})
+    assert compare.compare_rows(ours, [other_list]) == [] and compare.compare_rows(ours, [other_content]) == []

@@ -564,3 +564,22 @@ def test_each_preset_says_which_default_its_change_is_against(tmp_path):
     assert "+2.00 ± 0.00 (n=2)" in line_starting(paper, "| optim.epochs=400 |")  # against 200, not 5
     only_paper = tables.build_table(REPO / "ablations" / "epochs.yaml", tmp_path, write=False, preset="paper")
     assert "Δ: change against the default cell (optim.epochs=200)" in only_paper.split("## preset")[0]
+
+
+def test_old_names_digests_and_new_content_digests_are_two_sections(tmp_path):
+    """Issue 21: rows that digest the data's content and rows written before (the instance list's digest only)
+    are shown apart, even when the hex digest happens to be the same string, and each section says which it is."""
+    old = [make("negatives_k", {"pic.K": 256}, s, 80.0, 70.0, derived={"N": 10000, "index_digest": "a" * 64})
+           for s in range(2)]
+    new = []
+    for s in range(2):
+        r = make("negatives_k", {"pic.K": 256}, s, 60.0, 50.0, derived={"N": 10000, "index_digest": "a" * 64,
+                                                                         "data_digest": "b" * 64})
+        r["data"] = {"dataset": "fashion_mnist", "N": 10000, "image_size": 28, "digest": "b" * 64,
+                     "digest_of": "content"}
+        new.append(r)
+    write_rows(tmp_path, "negatives_k", old + new)
+    md = tables.build_table("negatives_k", tmp_path, preset="small", write=False, plots=False)
+    assert "instance list digest `aaaaaaaaaaaa`" in md
+    assert "content digest (train and evaluation images) `bbbbbbbbbbbb`" in md  # before: no such section
+    assert md.count("| pic.K=256 |") >= 2  # one line per section: never averaged together
