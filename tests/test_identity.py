@@ -307,3 +307,35 @@ def test_committed_rows_still_compare_with_content_rows_of_the_same_instance_lis
     other_list = r({"index_digest": "i2"}, {"digest": "i2"})
     other_content = r({"index_digest": "i1", "data_digest": "c2"}, {"digest": "c2", "digest_of": "content"})
     assert compare.compare_rows(ours, [other_list]) == [] and compare.compare_rows(ours, [other_content]) == []
+
+
+def test_a_killed_run_does_not_resume_onto_images_replaced_in_place(tmp_path, monkeypatch):
+    """Issue 21's case: a run stopped mid-training, an image replaced in place with the same name, size and mtime;
+    the rerun must not continue the checkpoint on the new images (the replacement changes the digest: another
+    cell, another checkpoint; a checkpoint of the old data is refused, see above)."""
+    import os
+
+    from pic_bench.pic.train import Preempted
+
+    monkeypatch.setenv("PIC_BENCH_CACHE", str(tmp_path / "cache"))
+    root = png_folder(tmp_path / "data", seed=0, n_train=12, compress=0)  # stored: every file the same size
+    cfg = apply(small_folder_cfg(root), {"optim.max_steps": 4, "eval.knn_k": 3, "eval.linear_epochs": 1}, "t")
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    first = Task("kill", "smoke", {}, cfg, results_dir=str(tmp_path / "res"), checkpoint_dir=str(tmp_path / "ck"))
+    calls = iter(range(100))
+    with pytest.raises(Preempted):
+        tasks_mod.run_task(first, should_stop=lambda: next(calls) == 2, echo=False)
+    assert first.checkpoint.is_file()
+    victim = sorted((root / "train").rglob("*.png"))[5]
+    st = victim.stat()
+    donor = sorted((png_folder(tmp_path / "other", seed=9, compress=0) / "train").rglob("*.png"))[5]
+    assert donor.stat().st_size == st.st_size and donor.read_bytes() != victim.read_bytes()
+    victim.write_bytes(donor.read_bytes())  # the same name and size, other pixels
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the mtime put back
+    assert victim.stat().st_mtime_ns == st.st_mtime_ns
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    again = Task("kill", "smoke", {}, cfg, results_dir=str(tmp_path / "res"), checkpoint_dir=str(tmp_path / "ck"))
+    assert again.digest != first.digest  # before: the same digest, and the run resumed on the new images
+    row = tasks_mod.run_task(again, echo=False)
+    assert row["status"] == "ok" and "resumed_from_step" not in row["derived"]
+    assert first.checkpoint.is_file()  # the old data's checkpoint is left alone
