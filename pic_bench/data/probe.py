@@ -14,10 +14,9 @@ cache's back refuses the run instead of training under another cell's name (issu
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-
-import hashlib
 
 from .sources import UNREADABLE, BadImageError, FolderSet, ImageSet, Source, check_read, decode_image, \
     read_image_bytes, shown
