@@ -427,3 +427,102 @@ def test_a_real_full_disk_and_a_read_only_one_are_one_error_line_naming_the_file
     row = {**failed, "seed": 9}
     with pytest.raises(WriteError, match=f"cannot write {tiny_disk / 'rows' / 'x.jsonl'}: Read-only file system"):
         append_row({**row, "ablation": "x"}, tiny_disk)
+# ---- issue 21 / 22: images that are images but hostile
+def test_a_16bit_png_decodes_like_pils_conversion_to_8_bits(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pic_bench.data.sources import FolderSet
+
+    rng = np.random.default_rng()
+    grey16 = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
+    p = tmp_path / "g16.png"
+    Image.fromarray(grey16).save(p)
+    with Image.open(p) as im:
+        assert im.mode.startswith("I")
+        want = np.asarray(im.convert("I").point(lambda v: v / 256).convert("RGB"))  # PIL's own 16 -> 8 bits
+    got = FolderSet([str(p)], np.zeros(1)).load(0).permute(1, 2, 0).numpy()
+    assert np.array_equal(got, want)  # before: clipped, almost all 255
+    assert got.mean() < 200
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "LA", "CMYK", "1", "L"])
+def test_other_modes_decode_as_pils_conversion_to_rgb(tmp_path, mode):
+    import numpy as np
+    from PIL import Image
+
+    from pic_bench.data.sources import FolderSet
+
+    rng = np.random.default_rng()
+    im = Image.fromarray(rng.integers(0, 256, (6, 5, 4), dtype=np.uint8), "RGBA").convert(mode)
+    p = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    im.save(p)
+    with Image.open(p) as back:
+        want = np.asarray(back.convert("RGB"))
+    assert np.array_equal(FolderSet([str(p)], np.zeros(1)).load(0).permute(1, 2, 0).numpy(), want)
+
+
+def test_a_decompression_bomb_is_skipped_and_counted_with_skip(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pic_bench.data.sources import BadImageError, FolderSet
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 64 x 64 image is past twice this: PIL refuses it
+    root = image_folder(tmp_path / "data")
+    bomb = sorted((root / "train").rglob("*.jpg"))[2]
+    Image.new("RGB", (64, 64)).save(bomb, format="JPEG")
+    with pytest.raises(BadImageError, match="DecompressionBombError"):  # before: not a BadImageError
+        FolderSet([str(bomb)], [0]).load(0)
+    row = run_task(folder_task(tmp_path, root, **{"data.on_bad_image": "skip", "data.eval_split": "train"}))
+    assert row["status"] == "ok" and row["derived"]["bad_images"]["train"] == 1
+    assert row["metrics"]["skipped_images"] >= 1
+
+
+def test_a_dangling_symlink_is_an_error_line_before_work_or_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "data")
+    link = root / "train" / "c0" / "zz-gone.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    abl = tmp_path / "links.yaml"
+    abl.write_text("name: links\nseeds: [0]\n")
+    argv = [str(abl), "smoke", "--results", str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"), "-q",
+            "--no-baselines", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+            "data.test_size=0", "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=1",
+            "eval.knn_k=3", "eval.linear_epochs=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot read" in err and "zz-gone.jpg" in err and "data.on_bad_image=skip" in err
+    assert not (tmp_path / "res" / "rows").exists()  # before: a failed row, after the run had started
+    from pic_bench.suite import tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert main([*argv, "data.on_bad_image=skip"]) == 0
+    (row,) = read_rows(tmp_path / "res", "links")[0]
+    assert row["status"] == "ok" and row["derived"]["bad_images"]["train"] == 1
+
+
+def test_image_names_that_are_not_utf8_train_and_are_named_in_rows(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "data")
+    good = sorted((root / "train").rglob("*.jpg"))[0]
+    Path(os.fsdecode(os.fsencode(str(root / "train" / "c0")) + b"/\xff\xfe.jpg")).write_bytes(good.read_bytes())
+    Path(os.fsdecode(os.fsencode(str(root / "train" / "c1")) + b"/\xfe-bad.jpg")).write_bytes(b"garbage")
+    abl = tmp_path / "odd.yaml"
+    abl.write_text("name: odd\nseeds: [0]\n")
+    argv = [str(abl), "smoke", "--results", str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"), "-q",
+            "--no-baselines", "data.dataset=imagefolder", f"data.root={root}", "data.num_instances=0",
+            "data.test_size=0", "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=1",
+            "eval.knn_k=3", "eval.linear_epochs=1"]
+    assert main(argv) == 1  # before: UnicodeEncodeError (a traceback), here a failed row naming the file
+    (failed,) = read_rows(tmp_path / "res", "odd")[0]
+    assert "\\xfe-bad.jpg" in failed["error"]
+    capsys.readouterr()
+    from pic_bench.suite import tasks as tasks_mod
+
+    monkeypatch.setattr(tasks_mod, "_DATA", {})
+    assert main([*argv, "data.on_bad_image=skip"]) == 0
+    ok = [r for r in read_rows(tmp_path / "res", "odd")[0] if r["status"] == "ok"]
+    assert len(ok) == 1 and ok[0]["data"]["N"] == 14 and ok[0]["derived"]["bad_images"]["train"] == 1

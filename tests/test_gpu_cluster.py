@@ -216,8 +216,9 @@ def _folder_cfg(root: Path, **kw):
 @pytest.fixture
 def counted(monkeypatch):
     calls = []
-    real = P._try
-    monkeypatch.setattr(P, "_try", lambda images, i: (calls.append(images.files[i]), real(images, i))[1])
+    real_try, real_read = P._try, P._read  # a folder's files are read (and hashed) by _read, a shard's by _try
+    monkeypatch.setattr(P, "_try", lambda images, i: (calls.append(images.files[i]), real_try(images, i))[1])
+    monkeypatch.setattr(P, "_read", lambda images, i: (calls.append(images.files[i]), real_read(images, i))[1])
     return calls
 
 
@@ -255,7 +256,8 @@ def test_every_ranks_shard_of_the_probe_makes_the_whole_probe(tmp_path, monkeypa
         P.probe_shard(src, r, 3)
     assert sorted(counted) == sorted(src.train.files + src.test.files)  # each file once, over the ranks
     counted.clear()
-    assert (P.unreadable_cached(src.train), P.unreadable_cached(src.test)) == reference
+    got = P.unreadable_cached(src.train, digest=src.digest), P.unreadable_cached(src.test, digest=src.digest)
+    assert (got[0][0], got[1][0]) == reference and got[0][1] is None  # found in the cache: no bytes read
     assert counted == []
 
 

@@ -219,3 +219,121 @@ def test_fast_relative_paths_and_digest_match_the_reference(seed, tmp_path, monk
                 files.append(os.path.join(str(root), *parts))
         assert sources.relative_paths(files, root) == [os.path.relpath(f, root) for f in files], root
         assert sources.digest_files(files, root) == sources.digest_files_reference(files, root)
+
+
+# ---- issue 21: the content digest's cache, and a listing that never skips silently
+def test_a_cached_digest_is_reused_without_rereading_unchanged_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "RACY_S", 0.0)  # files written by this test are seconds old
+    data = tmp_path / "data"
+    files = write_folder(data, n=12, val=6)
+    reads = []
+    real = sources.file_sha256
+    monkeypatch.setattr(sources, "file_sha256", lambda p: reads.append(p) or real(p))
+    first = load(data)
+    assert len(reads) == 18  # cold: every train and val file read once
+    del reads[:]
+    again = load(data)
+    assert reads == [] and again.digest == first.digest  # cached: nothing read
+    files[5].write_bytes(files[6].read_bytes())  # one file rewritten, same name
+    changed = load(data)
+    assert reads == [str(files[5])] and changed.digest != first.digest
+    # the plain reference (every file read, no cache) agrees with the cached digest of each split
+    for split, fl, base in changed.digest_parts:
+        assert sources.content_digest(fl, base) == sources.content_digest_reference(fl, base)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_content_digest_matches_the_reference_on_random_folders(seed, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "RACY_S", 0.0)
+    rng = np.random.default_rng(seed)
+    base = tmp_path / "f"
+    files = []
+    for i in range(int(rng.integers(1, 90))):  # across DIGEST_SERIAL_BELOW: serial and pooled reads
+        p = base / f"c{rng.integers(0, 3)}" / f"{rng.integers(0, 10**6)}-{i}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.bytes(int(rng.integers(0, 200))))
+        files.append(str(p))
+    files.sort()
+    want = sources.content_digest_reference(files, base)
+    assert sources.content_digest(files, base, workers=4) == want  # cold
+    assert sources.content_digest(files, base) == want  # cached
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_unreadable_class_folder_is_refused_and_never_cached_short(tmp_path, monkeypatch, capsys, split):
+    from pic_bench.suite.run import main
+
+    data = tmp_path / "data"
+    write_folder(data, n=12, val=6)
+    locked = data / split / "c1"
+    real = os.scandir
+
+    def scandir(path=".", *a, **kw):
+        if os.fspath(path) == str(locked):  # as chmod 000 would (the tests may run as root, which ignores it)
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    abl = tmp_path / "a.yaml"
+    abl.write_text("name: locked\nseeds: [0]\n")
+    rc = main([str(abl), "smoke", "--results", str(tmp_path / "res"), "--no-baselines", "-q",
+               "data.dataset=imagefolder", f"data.root={data}", "data.num_instances=0", "data.test_size=0",
+               "optim.batch_size=4", "pic.K=8", "pic.D=8", "pic.S=4", "optim.max_steps=1", "eval.knn_k=3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: cannot read directory {locked}" in err  # before: trained on 2 of 3 classes
+    assert not (tmp_path / "res" / "rows").exists()
+    monkeypatch.setattr(os, "scandir", real)  # permissions fixed: the whole folder, not a cached short list
+    s = load(data)
+    assert s.N == 12 and len(s.test) == 6
+
+
+def test_names_that_are_not_utf8_or_hold_separators_are_listed_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "RACY_S", 0.0)
+    data = tmp_path / "data"
+    files = write_folder(data, n=6)
+    odd = [os.fsdecode(b"c0/\xff\xfe-latin.jpg"), "c1/a\x1cb.jpg", "c2/c\u2028d.jpg", "c0/tab\there.jpg",
+           "c1/e\x85f.jpg"]
+    for name in odd:
+        (data / "train" / name).write_bytes(files[0].read_bytes())
+    age(data)
+    a = load(data)  # before: UnicodeEncodeError writing the listing
+    b = load(data)  # from the cache: before, a KeyError or a shifted list for names that splitlines() splits
+    assert a.N == b.N == 11 and a.train.files == b.train.files and a.digest == b.digest
+    assert all(str(data / "train" / n) in a.train.files for n in odd)
+    assert list(a.train.labels) == list(b.train.labels)
+    assert a.index_digest == sources.digest_files_reference(a.train.files, data / "train")
+
+
+def test_a_name_with_a_line_break_is_refused_naming_it(tmp_path):
+    data = tmp_path / "data"
+    files = write_folder(data, n=6)
+    (data / "train" / "c1" / "line\n.jpg").write_bytes(files[0].read_bytes())
+    age(data)
+    with pytest.raises(DatasetError, match=r"line\\n\.jpg.*line break"):
+        load(data)
+
+
+def test_a_file_rewritten_behind_the_cache_is_refused_by_the_probe(tmp_path, monkeypatch):
+    """A file whose stat looks unchanged to the cache (as when a tool restores the size and times) but whose bytes
+    changed: the probe, which reads every byte, refuses the run naming both digests and corrects the cache."""
+    from pic_bench.data.probe import probe
+
+    monkeypatch.setattr(sources, "RACY_S", 0.0)
+    data = tmp_path / "data"
+    files = write_folder(data, n=12, val=6)
+    before = load(data)
+    victim = files[3]
+    victim.write_bytes(files[4].read_bytes())
+    hp = sources.hashes_path(data / "train")
+    rel = os.path.relpath(victim, data / "train")
+    st = sources._stat_key(str(victim))
+    lines = [line if not line.endswith("\t" + rel) else "\t".join([line.split("\t")[0], st, rel])
+             for line in hp.read_text().split("\n")]
+    hp.write_text("\n".join(lines))  # the cache now holds the old hash under the new stat
+    stale = load(data)
+    assert stale.digest == before.digest
+    with pytest.raises(DatasetError, match=f"digest was {before.digest[:16]}.*bytes read now give"):
+        probe(stale, "error")  # before: trained under the old data's cell
+    fresh = load(data)
+    assert fresh.digest != before.digest
+    probe(fresh, "error")

@@ -729,3 +729,20 @@ def test_regime_figures_are_stated_per_section_when_rows_have_them(tmp_path):
             "17.0% of training, mean revisit distance 1.07 D.") in md
     write_rows(tmp_path / "none", "negatives_k", [make("negatives_k", {"pic.K": 0}, 0, 80.0, 70.0)])
     assert "regime:" not in tables.build_table("negatives_k", tmp_path / "none", write=False)
+def test_old_names_digests_and_new_content_digests_are_two_sections(tmp_path):
+    """Issue 21: rows that digest the data's content and rows written before (the instance list's digest only)
+    are shown apart, even when the hex digest happens to be the same string, and each section says which it is."""
+    old = [make("negatives_k", {"pic.K": 256}, s, 80.0, 70.0, derived={"N": 10000, "index_digest": "a" * 64})
+           for s in range(2)]
+    new = []
+    for s in range(2):
+        r = make("negatives_k", {"pic.K": 256}, s, 60.0, 50.0, derived={"N": 10000, "index_digest": "a" * 64,
+                                                                         "data_digest": "b" * 64})
+        r["data"] = {"dataset": "fashion_mnist", "N": 10000, "image_size": 28, "digest": "b" * 64,
+                     "digest_of": "content"}
+        new.append(r)
+    write_rows(tmp_path, "negatives_k", old + new)
+    md = tables.build_table("negatives_k", tmp_path, preset="small", write=False, plots=False)
+    assert "instance list digest `aaaaaaaaaaaa`" in md
+    assert "content digest (train and evaluation images) `bbbbbbbbbbbb`" in md  # before: no such section
+    assert md.count("| pic.K=256 |") >= 2  # one line per section: never averaged together

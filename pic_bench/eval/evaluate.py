@@ -603,7 +603,8 @@ def baseline_metrics(cfg: Config, kind: str, source: Source | None = None) -> tu
         m = evaluate_model(model, source, cfg.data.image_size, cfg.eval, device, cfg.run.seed, cfg.data.on_bad_image,
                            cfg.data.workers)
     m["eval_wall_s"] = time.perf_counter() - t0
-    derived = {"N": source.N, "index_digest": source.index_digest, "eval_split": source.eval_split}
+    derived = {"N": source.N, "index_digest": source.index_digest, "data_digest": source.digest,
+               "eval_split": source.eval_split}
     if kind == "pixels":
         derived["pixels_size"] = cfg.eval.pixels_size or cfg.data.image_size
     return m, derived

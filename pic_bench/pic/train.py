@@ -248,8 +248,8 @@ class Trainer:
     # ---- checkpoint: network + optimizer, classifier, scheduler position, RNG states, meters
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
+            "step": self.step, "data_digest": self.source.digest,  # what it trained on: a resume checks it
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "w": self.w, "u": self.u, "meters": self.meters.__dict__, "U_meters": self.negatives.U_meters(),
             # the scheduler's state from the ring's first position on (the official sampler is sequential)
             "schedule": self.schedule.state_dict(self.negatives.lookback(self.step * self.cfg.optim.batch_size)),
             # bytes, not tensors: torch.load(map_location=<cuda>) would move ByteTensors off the CPU, where
@@ -263,6 +263,10 @@ class Trainer:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        # a checkpoint of other data would resume its weights onto other images (checked before anything is set)
+        if sd.get("data_digest") not in (None, self.source.digest):
+            raise DataMismatch(f"the checkpoint was trained on data with digest {sd['data_digest']}, but this run's "
+                               f"data has digest {self.source.digest}; refusing to resume onto other images")
         self.step = int(sd["step"])
         self.model.load_state_dict(sd["model"])
         self.opt.load_state_dict(sd["opt"])
@@ -470,6 +474,10 @@ class Trainer:
         return {"peak_mem_mib": max(ranks), "peak_mem_mib_ranks": ranks,
                 "peak_mem_kind": "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss",
                 "dali_pool_mib": dali_pool_mib(self.loader)}
+
+class DataMismatch(RuntimeError):
+    """A checkpoint's recorded data digest is not the data's: resuming would continue on other images."""
+
 
 
 def _curve_step(line: str) -> float:

@@ -54,9 +54,13 @@ def compare_rows(ours: list[dict[str, Any]], committed: list[dict[str, Any]]) ->
             groups.setdefault((r["config_hash"], r["preset"], r.get("kind", "pic"), digest(r)), []).append(r)
     out = []
     for (chash, preset, kind, dig), mine in groups.items():
+        # rows written before issue 21 recorded the digest of the instance list only (no data.digest_of): they
+        # compare with ours when that list is ours (same selection; their content was never recorded)
+        names = {(r.get("derived") or {}).get("index_digest") for r in mine} - {None}
         theirs = [r for r in committed if r.get("status") == "ok" and r["config_hash"] == chash
                   and r["preset"] == preset and r.get("kind", "pic") == kind
-                  and (dig is None or digest(r) is None or digest(r) == dig)]
+                  and (dig is None or digest(r) is None or digest(r) == dig
+                       or (not (r.get("data") or {}).get("digest_of") and digest(r) in names))]
         if not theirs:
             continue
         seeds = {r["seed"] for r in mine}

@@ -123,9 +123,14 @@ def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, stat
              metrics: dict[str, Any], derived: dict[str, Any], device, error: str | None = None,
              kind: str = "pic") -> dict[str, Any]:
     """One result row. ``row["data"]`` names the data the run saw: the dataset, N (instances), the image size and
-    the digest of its index -> image map (``derived["index_digest"]``), which is part of the row's key."""
+    the digest that is part of the row's key: the content digest of the data (``derived["data_digest"]``: names and
+    bytes of the training and evaluation images, or the in-memory arrays; ``digest_of: "content"``). Rows written
+    before it recorded the digest of the training file names only (``derived["index_digest"]``), kept as it was."""
+    content = derived.get("data_digest")
     data = {"dataset": cfg.data.dataset, "N": derived.get("N"), "image_size": cfg.data.image_size,
-            "digest": derived.get("index_digest")}
+            "digest": content or derived.get("index_digest")}
+    if content:
+        data["digest_of"] = "content"
     return {
         "ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "config_hash": config_hash(cfg),
         "seed": cfg.run.seed, "status": status, "error": error, "metrics": metrics, "derived": derived,
@@ -141,7 +146,7 @@ def row_digest(row: dict[str, Any]) -> str | None:
 
 def row_key(row: dict[str, Any]) -> tuple:
     """A row's cell identity: the config hash leaves paths out (data.root), so the same data at another path is
-    the same cell, and the data's digest tells another dataset (or another selection of it) apart."""
+    the same cell, and the data's digest tells another dataset (or another selection, or other content) apart."""
     return (row.get("ablation"), row.get("kind"), row.get("preset"), row.get("config_hash"), row.get("seed"),
             row_digest(row))
 

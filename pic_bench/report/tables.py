@@ -74,8 +74,11 @@ def capability_of(r: dict[str, Any]) -> str:
 
 
 def digest_of(r: dict[str, Any]) -> str:
-    """The digest of the instance list the row trained on (``row["data"]``, else the older ``derived``)."""
-    return str((r.get("data") or {}).get("digest") or (r.get("derived") or {}).get("index_digest") or UNRECORDED)
+    """The digest of the data the row ran on (``row["data"]``, else the older ``derived``): ``content:<hex>`` for
+    rows that digest the data's content (issue 21), else the older digest of the instance list (names only), so
+    that a table shows the two apart as it shows other data apart."""
+    d = str((r.get("data") or {}).get("digest") or (r.get("derived") or {}).get("index_digest") or UNRECORDED)
+    return f"content:{d}" if (r.get("data") or {}).get("digest_of") == "content" else d
 
 
 def data_of(r: dict[str, Any]) -> tuple[str, Any, Any]:
@@ -379,8 +382,11 @@ def _section_lines(ts: list[dict[str, Any]]) -> list[str]:
     n = values("N", lambda v: f"{v:,}" if isinstance(v, int) else str(v))
     px = values("image_size", str)
     digest = ts[0]["digest"]
-    lines = [f"Data: {values('dataset', str)}, N = {n} training images at {px} px; instance list digest "
-             + (f"`{digest[:12]}`." if digest != UNRECORDED else "unrecorded."), ""]
+    if digest.startswith("content:"):
+        said = f"content digest (train and evaluation images) `{digest.removeprefix('content:')[:12]}`."
+    else:
+        said = "instance list digest " + (f"`{digest[:12]}`." if digest != UNRECORDED else "unrecorded.")
+    lines = [f"Data: {values('dataset', str)}, N = {n} training images at {px} px; {said}", ""]
     if ts[0]["preset"] == "smoke":
         lines += [f"**A plumbing check**: the smoke preset takes {n} images at {px} px and a few steps to check "
                   "that every part runs end to end; its numbers mean nothing about PIC.", ""]

@@ -338,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
+        if abl.kind == "train":
+            from .data_note import data_lines
+
+            for line in data_lines(tasks, args.results):
+                print(line)
         for name, cell, done, described in listing:
             print(name, cell, "done" if done else "todo")
             if described:  # the plan on a line of its own: the task line stays "name cell done|todo"

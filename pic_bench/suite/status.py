@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import PRESETS, ConfigError, load_ablation, parse_cli_overrides
 from .launch import ACTIVE, accounting_states, never_starts, queue_states, read_manifest, read_refusals
+from ..data.sources import DatasetError
 from ..report.results import DEFAULT_RESULTS, read_rows, row_key
 
 
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = rest.pop(0)
     if rest and preset is None:
         preset = "small"  # run's default preset, so the same command line names the same tasks
-    expected, curves = None, None
+    expected, curves, notes = None, None, []
     try:
         abl = load_ablation(path) if path.is_file() else None
         name = abl.name if abl else args.ablation
@@ -225,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                            baselines=not args.no_baselines)
             expected = {t.key: t.cell for t in tasks}
             curves = {t.key: t.curve for t in tasks}
-    except ConfigError as e:
+            from .data_note import data_lines
+
+            notes = data_lines(tasks, results)
+    except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     states = task_states(name, results, expected, curves)
@@ -236,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
               + f" under {results}", file=sys.stderr)
         return 1
     print(f"# {name}: per-task state\n")
+    for line in notes:  # the data these tasks are keyed on (with a preset: the tasks are known)
+        print(line)
+    if notes:
+        print()
     print(format_states(states))
     print()
     from ..config import output_dir_problem

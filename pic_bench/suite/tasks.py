@@ -27,8 +27,8 @@ from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
 from ..report.timing import measure
 
 
-# data config (and the seed, for data drawn from it) -> (the digest of its index -> image map, N, evaluation
-# images, channels), per process
+# data config (and the seed, for data drawn from it) -> (the digest of its content, N, evaluation images,
+# channels), per process
 _DATA: dict[tuple, tuple[str, int, int, int]] = {}
 
 
@@ -39,18 +39,19 @@ def _data(cfg: Config) -> tuple[str, int, int, int]:
     key = (cfg.data, cfg.run.seed if cfg.data.dataset == "synthetic" else None)
     if key not in _DATA:
         s = data_sources.load_source(cfg.data, cfg.run.seed)
-        _DATA[key] = (s.index_digest, s.N, len(s.test), s.channels)
+        _DATA[key] = (s.digest, s.N, len(s.test), s.channels)
     return _DATA[key]
 
 
 def data_digest(cfg: Config) -> str:
-    """The digest of the instances a config trains on (``Source.index_digest``)."""
+    """The identity of the data a config trains and evaluates on (``Source.digest``: for a folder the names and bytes
+    of its training images and evaluation split, for the in-memory datasets their arrays)."""
     return _data(cfg)[0]
 
 
 def data_sizes(cfg: Config) -> tuple[int, int, int]:
     """(N training instances, images of the evaluation split, channels) of a config's data, from the same load as
-    its digest (for a folder: the cached listing, no image is decoded)."""
+    its digest (for a folder: the cached listing and file hashes, no image is decoded)."""
     return _data(cfg)[1:]
 
 
@@ -83,8 +84,9 @@ def dedupe(tasks: list["Task"]) -> list["Task"]:
 class Task:
     """One array task: a cell of an ablation at one seed (picklable, for submitit).
 
-    Its identity (``key``) is the experiment: kind, preset, config hash (paths left out), the digest of the data it
-    trains on, and the seed. The same dataset at another path is the same task; another dataset is another.
+    Its identity (``key``) is the experiment: kind, preset, config hash (paths left out), the content digest of the
+    data it trains and evaluates on (``data_digest``), and the seed. The same bytes at another path are the same
+    task; other bytes under the same names are another.
     """
 
     ablation: str
@@ -226,7 +228,7 @@ def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, m
 def _known_digest(task: Task) -> dict[str, Any]:
     """What a failed row can say about its data when the data could not be loaded: the task's digest if known."""
     try:
-        return {"index_digest": task.digest}
+        return {"data_digest": task.digest}
     except Exception:  # noqa: BLE001 - the data is what failed; the row records the error
         return {}
 
@@ -253,7 +255,10 @@ def resume(trainer, ckpt: Path, move: bool = True, final: bool = False):
     otherwise it would fail every later run of the cell with a raw unpickling error that never names the file.
     ``final`` (an evaluation task's trained checkpoint) is never moved aside: ``CheckpointError``. A file that
     reads but does not restore (a shape, a key, an RNG state: a bug or another run's file, not corruption) is
-    kept and raises ``CheckpointError`` naming it and the error."""
+    kept and raises ``CheckpointError`` naming it and the error. A checkpoint whose recorded data digest is not
+    the data's is refused (``train.DataMismatch`` naming the file and both digests), not moved aside."""
+    from ..pic.train import DataMismatch
+
     if not ckpt.is_file():
         return trainer
     try:
@@ -272,6 +277,8 @@ def resume(trainer, ckpt: Path, move: bool = True, final: bool = False):
         return trainer
     try:
         trainer.load(ckpt, sd)
+    except DataMismatch as e:  # readable, but of other data: kept where it is, and the run refused
+        raise DataMismatch(f"{ckpt}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a readable file that does not restore is not corrupt: kept, named
         raise CheckpointError(f"checkpoint {ckpt} reads but cannot be restored ({type(e).__name__}: "
                               f"{_first_line(e)}); it is kept as it is (not moved aside): fix the cause, or move "
@@ -405,7 +412,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         # a trained cell was probed by its training
         bad = marker["bad"] if marker and "bad" in marker else probe(trainer.source, cfg.data.on_bad_image)
     except Exception as e:  # noqa: BLE001 - recorded before it propagates
-        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
+        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest,
+                           "data_digest": trainer.source.digest}, trainer.device, e)
         raise
     try:
         trainer = resume(trainer, ckpt, final=task.stage == "eval")
@@ -418,7 +426,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
         raise
     trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
-    derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
+    derived = {**trainer.derived, "index_digest": trainer.source.index_digest, "data_digest": trainer.source.digest,
                "eval_split": trainer.source.eval_split}
     if any(bad.values()):
         derived["bad_images"] = bad
