@@ -101,13 +101,15 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    protocol: str = "probe"  # probe (fast, on cached centre-crop features; small presets) | linear_sgd (official)
+    protocol: str = "probe"  # probe (early-stopped Adam; small) | logreg (converged, decay held-out; scale) | linear_sgd (official)
     knn_k: int = 200  # neighbours of the weighted kNN monitor (NPID)
     knn_t: float = 0.07  # temperature of the kNN vote weights exp(sim / t)
     feature_dtype: str = "auto"  # kept features: auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
     linear: bool = True  # also train a linear classifier on frozen backbone features (protocol above)
     linear_epochs: int = 100  # probe: full-batch optimisation steps
     linear_lr: float = 0.1  # probe: Adam on standardised features; its real step size is linear_lr x 0.1 (= 0.01)
+    logreg_l2: float = 0.0  # logreg: weight decay l2 (mean CE + l2/2 |W|^2); 0 = chosen on held-out training features
+    logreg_max_steps: int = 1000  # logreg: most L-BFGS iterations (it stops earlier once converged)
     sgd_epochs: int = 100  # linear_sgd: epochs over the training set (official main_linear.py: 100)
     sgd_batch: int = 256  # linear_sgd: total batch over all ranks (official: 256)
     sgd_lr: float = 30.0  # linear_sgd: peak learning rate (official: 30)
@@ -149,7 +151,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("auto", "dali", "torchvision", "batched"),
     "data.on_bad_image": ("error", "skip"),
     "data.eval_split": ("val", "train"),
-    "eval.protocol": ("probe", "linear_sgd"),
+    "eval.protocol": ("probe", "logreg", "linear_sgd"),
     "eval.feature_dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.arch": ("resnet18", "resnet50", "small_cnn"),
     "model.head": ("mlp", "linear", "none"),
@@ -195,7 +197,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.head_hidden": 512, "pic.K": 512, "pic.D": 1024, "pic.S": 128,
         "optim.batch_size": 64, "optim.base_lr": 0.4, "optim.epochs": 40, "optim.warmup_epochs": 1,
         "optim.weight_decay": 5e-4,
-        "run.device": "cpu", "run.threads": 2, "eval.protocol": "probe",
+        "run.device": "cpu", "run.threads": 2, "eval.protocol": "logreg",
     },
     "smoke": {
         "data.dataset": "digits", "data.num_instances": 256, "data.test_size": 200, "data.image_size": 8,
@@ -288,6 +290,7 @@ ADDED_KEYS: dict[str, Any] = {
     "eval.sgd_warmup_epochs": 5.0, "eval.sgd_crop_min": 0.08, "eval.pixels_size": 0,
     "run.precision": "fp32", "run.checkpoint_minutes": 0.0, "run.tensorboard": False,
     "pic.recent": "positions",  # negatives.RecentNegatives before pic.recent: the last K stream positions
+    "eval.logreg_l2": 0.0, "eval.logreg_max_steps": 1000,  # issue 19; no earlier run used protocol logreg
 }
 
 
@@ -730,6 +733,10 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
                                 ("eval.sgd_warmup_epochs", e.sgd_warmup_epochs, e.sgd_warmup_epochs >= 0,
                                  "must be >= 0"),
                                 ("eval.sgd_crop_min", e.sgd_crop_min, 0 < e.sgd_crop_min <= 1, "must be in (0, 1]"),
+                                ("eval.logreg_l2", e.logreg_l2, e.logreg_l2 >= 0,
+                                 "must be >= 0 (0 = chosen on held-out training features)"),
+                                ("eval.logreg_max_steps", e.logreg_max_steps, e.logreg_max_steps >= 1,
+                                 "must be >= 1"),
                                 ("eval.pixels_size", e.pixels_size, e.pixels_size >= 0,
                                  "must be >= 0 (0 = data.image_size)")):
         if not ok:
