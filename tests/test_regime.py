@@ -109,3 +109,25 @@ def test_a_training_row_records_the_regime_of_its_stream(tmp_path):
     for k, v in ref.items():
         assert (math.isnan(v) and math.isnan(row["derived"]["regime"][k])) or row["derived"]["regime"][k] == \
             pytest.approx(v)
+
+
+def test_window_returns_equal_a_plain_loop_and_the_scale_preset_has_them_where_small_has_none():
+    from pic_bench.data.window import window_returns
+
+    rng = np.random.default_rng()
+    for _ in range(6):
+        N, D, S, scheds = schedules(rng)
+        for s in scheds:
+            samples = int(rng.integers(1, 10 * N))
+            order = s.positions(0, samples)
+            prev, plain = {}, 0
+            for p, j in enumerate(order.tolist()):
+                if j in prev and p // s.L - prev[j] // s.L > 1:
+                    plain += 1
+                prev[j] = p
+            assert window_returns(s, samples) == plain
+    small, scale = build("small"), build("scale")
+    for cfg, returns in ((small, False), (scale, True)):
+        steps = derive(cfg, 10000)["steps"]
+        got = window_returns(SlidingWindow(10000, cfg.pic.D, cfg.pic.S, 0), steps * cfg.optim.batch_size)
+        assert (got > 10000) if returns else got == 0  # scale: every image leaves and returns, about 4 times

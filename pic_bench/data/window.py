@@ -401,3 +401,17 @@ def returns_after_leaving(order: np.ndarray, N: int, K: int) -> int:
         add(p, 1)
         prev[j] = p
     return returns
+
+
+def window_returns(schedule: Schedule, samples: int) -> int:
+    """How many visits in the first ``samples`` positions are of an instance that was outside at least one whole
+    window since its previous visit (previous visit in window t, this one in a window after t + 1): it left the
+    window and came back, the paper's case for the weight update correction. None at the ``small`` preset (0.63
+    sweeps: an image leaves the window once and never returns); at ``scale`` about one visit in D / S per image.
+    Epoch order (its window is the epoch) has none. Vectorised: the stream sorted by instance, stably."""
+    order = schedule.positions(0, samples)
+    pos = np.argsort(order, kind="stable")  # (samples,) positions grouped by instance, in stream order
+    inst = order[pos]
+    same = inst[1:] == inst[:-1]
+    jump = pos[1:] // schedule.L - pos[:-1] // schedule.L
+    return int((same & (jump > 1)).sum())
