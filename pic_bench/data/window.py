@@ -17,6 +17,11 @@ know exactly which instances come next (resume = remember the step).
   the whole list is reshuffled before every window whose start index is not 0, so those windows are fresh
   random D-subsets of all N; without it, training only ever sees the same D images.
 
+Regime (issue 19). ``regime(schedule, samples)`` gives the figures a run's stream trains in, from the scheduler
+alone: sweeps of the data by the window, share of images never visited, share of samples that are a first visit,
+when first visits end, mean revisit distance in units of D; exact and about a second at ImageNet size for the
+sliding window. ``window_returns`` counts visits that come back after a whole window away (the correction's case).
+
 State. Sliding and epoch orders are pure functions of (seed, t): random access costs one permutation of a
 window. The official sampler is sequential (its index list is reshuffled in place), so ``OfficialWindow``
 keeps what random access needs: the last windows it produced (about ``keep_samples`` positions, so a loader's
