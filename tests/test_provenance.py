@@ -74,3 +74,14 @@ def test_a_resumed_run_names_the_commit_its_first_segment_started_on(tmp_path, m
     # a fresh run of the same cell (no checkpoint left) starts afresh
     t2 = Task("prov2", "smoke", {}, cfg(), results_dir=str(tmp_path / "res"), checkpoint_dir=str(tmp_path / "ck"))
     assert run_task(t2, echo=False)["git_sha"] == B["git_sha"]
+
+
+def test_an_evaluation_in_a_later_job_names_the_commit_its_training_started_on(tmp_path, monkeypatch):
+    repo = Repo(A)
+    monkeypatch.setattr(results, "git_state", repo)
+    t = Task("prov", "smoke", {}, cfg(), results_dir=str(tmp_path / "res"), checkpoint_dir=str(tmp_path / "ck"))
+    assert run_task(t.at("train"), echo=False)["status"] == "trained"
+    repo.state = dict(B)  # the evaluation job runs after a commit
+    row = run_task(t.at("eval"), echo=False)
+    assert row["git_sha"] == A["git_sha"] and row["git_sha_end"] == B["git_sha"]
+    assert row["provenance_changed"] == ["git_sha", "git_dirty"] and not start_file(t).exists()
