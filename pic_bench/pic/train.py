@@ -89,8 +89,9 @@ def _regime(kind: str, N: int, D: int, S: int, seed: int, shuffle: bool, samples
 def derive_regime(cfg: Config, N: int) -> dict[str, float]:
     """The regime figures of this run's stream (``data.window.regime``: sweeps, never-visited share, first-visit
     share, when first visits end, mean revisit distance in units of D), from the scheduler alone; recorded in the
-    row as ``derived["regime"]`` and printed by the dry run. Computed on a fresh schedule of the run's seed, so the
-    run's own schedule is left as it was."""
+    row as ``derived["regime"]`` (by ``suite.tasks.run_task``, on rank 0 only, not in the Trainer: the scaling
+    benchmarks build Trainers at large N and measure their memory) and printed by the dry run. Computed on a fresh
+    schedule of the run's seed, so the run's own schedule is left as it was."""
     p = cfg.pic
     samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
     return dict(_regime(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle, samples))
@@ -222,7 +223,6 @@ class Trainer:
         self.N = self.source.N
         self.derived = derive(cfg, self.N)
         self.derived["precision"] = precision
-        self.derived["regime"] = derive_regime(cfg, self.N)
         self.schedule = make_schedule(p.scheduler, self.N, p.D, p.S, cfg.run.seed, p.official_shuffle)
         ranks = distributed.current(self.device)  # each rank reads and decodes only its rows of the global batch
         self.loader = build_loader(cfg, self.source, self.schedule, shard=(ranks.rank, ranks.world),

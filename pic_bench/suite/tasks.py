@@ -341,7 +341,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
                        start=start)
         append_row(row, Path(task.results_dir))
         return row
-    from ..pic.train import reset_peak_memory, resolve_device
+    from ..pic.train import derive_regime, reset_peak_memory, resolve_device
 
     ckpt = task.checkpoint
     marker = read_trained(task) if task.trained() else None
@@ -367,7 +367,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     trainer = resume(trainer, ckpt)
     trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest,
-               "eval_split": trainer.source.eval_split}
+               "eval_split": trainer.source.eval_split, "regime": derive_regime(cfg, trainer.N)}
     if any(bad.values()):
         derived["bad_images"] = bad
     if marker is not None and not trained_here:
