@@ -73,3 +73,14 @@ def test_the_protocol_runs_through_the_evaluation_and_states_itself_in_the_metri
     m = evaluate_pixels(source, cfg.data.image_size, cfg.eval, 0)
     assert 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_top1"] <= 100
     assert m["linear_l2"] == 1e-2 and m["linear_converged"] and m["linear_steps"] >= 1
+
+
+def test_a_warm_start_reaches_the_same_minimiser():
+    rng = np.random.default_rng()
+    x, y = features(rng, n=300)
+    y = torch.as_tensor(y)
+    cold = logreg_fit(x, y, 4, 1e-3, 1000)
+    warm = logreg_fit(x, y, 4, 1e-3, 1000, start=(cold["W"] + 0.1, cold["b"] - 0.1))
+    # the same minimum; W to within what a gradient below LOGREG_TOL allows in its flattest direction (~tol / l2)
+    assert warm["converged"] and torch.allclose(warm["W"], cold["W"], atol=2e-2)
+    assert abs(warm["loss"] - cold["loss"]) < 1e-8
