@@ -76,7 +76,7 @@ def test_paper_preset_carries_the_paper_setting(path):
         assert cfg.optim.epochs == 200 or "optim.epochs" in cell
 
 
-@pytest.mark.parametrize("preset", ["smoke", "small", "paper"])
+@pytest.mark.parametrize("preset", ["smoke", "small", "scale", "paper"])
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_every_file_passes_the_dry_run_at_every_preset(path, preset, tmp_path, capsys):
     """The one validation before work (ranges, data, K against the preset's batch) accepts every shipped file at
@@ -98,6 +98,40 @@ def test_every_file_passes_the_dry_run_at_every_preset(path, preset, tmp_path, c
     assert rc == 0, cap.err
     assert "error:" not in cap.err and not (tmp_path / "res").exists()
     assert cap.out.count(" todo") + cap.out.count(" done") >= 1
+
+
+SCALE_FILES = ("negatives_k", "sliding_window", "weight_correction", "components", "temperature", "epochs")
+
+
+@pytest.mark.parametrize("name", SCALE_FILES)
+def test_the_scale_models_files_name_its_command_and_an_estimated_runtime(name):
+    blocks = header_blocks(REPO / "ablations" / f"{name}.yaml")
+    assert f"python -m pic_bench.run ablations/{name}.yaml scale" in blocks["Command:"]
+    assert "scale (" in blocks["Runtime:"] and "ESTIMATED" in blocks["Runtime:"]
+
+
+def test_the_scale_designs_issue_19():
+    """weight_correction: rows leave the window and return in every cell; epochs: lengths on both sides of one sweep
+    and in whole sweeps; sliding_window: the baselines to beat are rows of the file; components: the small arms."""
+    from pic_bench.data.window import SlidingWindow, regime, window_returns
+    from pic_bench.pic.train import derive
+
+    for cell, cfg in load_ablation(REPO / "ablations" / "weight_correction.yaml").for_preset("scale").resolve("scale"):
+        N = cfg.data.num_instances
+        s = SlidingWindow(N, cfg.pic.D, cfg.pic.S, 0)
+        assert 0 < cfg.pic.K <= cfg.pic.D and window_returns(s, derive(cfg, N)["steps"] * cfg.optim.batch_size) > N
+    sweeps = []
+    for cell, cfg in load_ablation(REPO / "ablations" / "epochs.yaml").for_preset("scale").resolve("scale"):
+        N = cfg.data.num_instances
+        samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
+        sweeps.append(round(regime(SlidingWindow(N, cfg.pic.D, cfg.pic.S, 0), samples)["sweeps"], 6))
+    assert min(sweeps) < 1 and 1.0 in sweeps and max(sweeps) > 1 and sum(x == int(x) for x in sweeps) >= 3
+    sw = load_ablation(REPO / "ablations" / "sliding_window.yaml").for_preset("scale").resolve("scale")
+    assert {c.get("pic.scheduler") for c, _ in sw} >= {"sliding", "epoch", "official"}
+    assert all(cfg.eval.baselines and cfg.optim.epochs == 40 for _, cfg in sw)
+    comp = load_ablation(REPO / "ablations" / "components.yaml")
+    assert [c for c, _ in comp.for_preset("scale").resolve("scale")] == \
+        [c for c, _ in comp.for_preset("small").resolve("small")]
 
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.stem)

@@ -17,6 +17,11 @@ know exactly which instances come next (resume = remember the step).
   the whole list is reshuffled before every window whose start index is not 0, so those windows are fresh
   random D-subsets of all N; without it, training only ever sees the same D images.
 
+Regime (issue 19). ``regime(schedule, samples)`` gives the figures a run's stream trains in, from the scheduler
+alone: sweeps of the data by the window, share of images never visited, share of samples that are a first visit,
+when first visits end, mean revisit distance in units of D; exact and about a second at ImageNet size for the
+sliding window. ``window_returns`` counts visits that come back after a whole window away (the correction's case).
+
 State. Sliding and epoch orders are pure functions of (seed, t): random access costs one permutation of a
 window. The official sampler is sequential (its index list is reshuffled in place), so ``OfficialWindow``
 keeps what random access needs: the last windows it produced (about ``keep_samples`` positions, so a loader's
@@ -260,3 +265,158 @@ def visit_distances(order: np.ndarray, N: int) -> np.ndarray:
                     out.append(np.array([i - last[j]]))
                 last[j] = i
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+# ---- the regime a schedule trains in (issue 19): figures of the stream alone, no training
+
+REGIME_KEYS = ("sweeps", "never_visited", "first_visit_share", "first_visits_end", "revisit_distance_D")
+
+
+def sweeps(schedule: Schedule, samples: int) -> float:
+    """How many times the window has swept the data in ``samples`` stream positions.
+
+    Sliding: the window moves S instances per window of D samples, so ``samples x S / (D x N)`` (= epochs x S / D,
+    the issue's definition). Epoch order: one sweep per epoch, ``samples / N``. Official: its window does not slide
+    (every window is a fresh random D-subset, or the same one without ``shuffle_per_epoch``); we count it as epoch
+    order does, ``samples / N``.
+    """
+    if isinstance(schedule, SlidingWindow):
+        return samples * schedule.S / (schedule.D * schedule.N)
+    return samples / schedule.N
+
+
+def regime(schedule: Schedule, samples: int) -> dict[str, float]:
+    """The regime figures of the first ``samples`` positions of ``schedule``'s stream (one training run's).
+
+    Returns ``{"sweeps", "never_visited", "first_visit_share", "first_visits_end", "revisit_distance_D"}``:
+
+    - ``sweeps``: see ``sweeps``.
+    - ``never_visited``: share of the N instances that no position of the stream visits.
+    - ``first_visit_share``: share of the samples that are an instance's first visit (distinct visited / samples).
+    - ``first_visits_end``: where the last first visit happens, as a fraction of training: (its position + 1) /
+      samples (1.0 when new instances arrive to the last sample).
+    - ``revisit_distance_D``: mean distance in samples between consecutive visits of one instance, over every
+      revisit, divided by D (the window size; N for epoch order, whose window is the epoch). NaN without revisits.
+
+    Exact, and fast at ImageNet scale: an instance's visits telescope, so the sum of its revisit distances is
+    last - first position and the number of revisits is its visits - 1, summing to samples - distinct. Every window
+    holds an instance at most once, so a window at a time fills first and last positions with array assignments.
+    Random-access schedules (sliding, epoch) read windows forward only until every instance has been seen and
+    backward from the end only until every visited instance's last visit is found (about 2 N / S windows for the
+    sliding window, 2 for epoch order); the official sampler is sequential and is streamed once. ``regime_reference``
+    is the plain per-sample loop it is tested against.
+    """
+    N, L = schedule.N, schedule.L
+    first = np.full(N, -1, dtype=np.int64)
+    last = np.full(N, -1, dtype=np.int64)
+    T = -(-samples // L)  # windows touched, the last one possibly in part
+
+    def part(t: int) -> tuple[np.ndarray, np.ndarray]:
+        w = schedule.window(t)[:min(L, samples - t * L)]
+        return w, t * L + np.arange(len(w), dtype=np.int64)
+
+    sequential = isinstance(schedule, OfficialWindow)
+    seen = 0
+    for t in range(T):
+        w, pos = part(t)
+        new = first[w] < 0
+        first[w[new]] = pos[new]
+        seen += int(new.sum())
+        if sequential:
+            last[w] = pos
+        elif seen == N:
+            break
+    if not sequential:
+        found = 0
+        for t in range(T - 1, -1, -1):
+            w, pos = part(t)
+            new = last[w] < 0
+            last[w[new]] = pos[new]
+            found += int(new.sum())
+            if found == seen:
+                break
+    visited = first >= 0
+    distinct = int(visited.sum())
+    revisits = samples - distinct
+    span = int((last[visited] - first[visited]).sum())
+    D = schedule.D if isinstance(schedule, (SlidingWindow, OfficialWindow)) else N
+    return {
+        "sweeps": float(sweeps(schedule, samples)),
+        "never_visited": float(1 - distinct / N),
+        "first_visit_share": float(distinct / samples) if samples else float("nan"),
+        "first_visits_end": float((first.max() + 1) / samples) if samples else float("nan"),
+        "revisit_distance_D": float(span / revisits / D) if revisits else float("nan"),
+    }
+
+
+def regime_reference(order: np.ndarray, N: int, D: int) -> dict[str, float]:
+    """``regime``'s figures (``sweeps`` left out: it is a property of the scheduler) by a plain loop over the
+    stream ``order``, one sample at a time: the reference the fast path is tested against."""
+    first: dict[int, int] = {}
+    prev: dict[int, int] = {}
+    distances = []
+    last_first = -1
+    for p, j in enumerate(order.tolist()):
+        if j in prev:
+            distances.append(p - prev[j])
+        else:
+            first[j] = p
+            last_first = p
+        prev[j] = p
+    n = len(order)
+    return {
+        "never_visited": 1 - len(first) / N, "first_visit_share": len(first) / n,
+        "first_visits_end": (last_first + 1) / n,
+        "revisit_distance_D": (sum(distances) / len(distances) / D) if distances else float("nan"),
+    }
+
+
+def returns_after_leaving(order: np.ndarray, N: int, K: int) -> int:
+    """How many visits of the stream ``order`` are of an instance that had left the K most recently visited
+    distinct instances (at least K others were visited since its previous visit) and came back: the case the
+    weight update correction exists for (its row left the softmax, the others kept training, it returns).
+
+    Exact: a Fenwick tree over positions holds each instance's latest visit, so the distinct others visited since
+    an instance's previous visit are the latest visits counted between the two positions. O(samples log samples)
+    in Python: for checking a design at the small presets, not for ImageNet-size streams."""
+    n = len(order)
+    tree = [0] * (n + 1)
+
+    def add(i: int, v: int) -> None:
+        i += 1
+        while i <= n:
+            tree[i] += v
+            i += i & -i
+
+    def upto(i: int) -> int:  # latest visits at positions < i
+        s = 0
+        while i > 0:
+            s += tree[i]
+            i -= i & -i
+        return s
+
+    prev = np.full(N, -1, dtype=np.int64).tolist()
+    returns = 0
+    for p, j in enumerate(order.tolist()):
+        q = prev[j]
+        if q >= 0:
+            if upto(p) - upto(q + 1) >= K:
+                returns += 1
+            add(q, -1)
+        add(p, 1)
+        prev[j] = p
+    return returns
+
+
+def window_returns(schedule: Schedule, samples: int) -> int:
+    """How many visits in the first ``samples`` positions are of an instance that was outside at least one whole
+    window since its previous visit (previous visit in window t, this one in a window after t + 1): it left the
+    window and came back, the paper's case for the weight update correction. None at the ``small`` preset (0.63
+    sweeps: an image leaves the window once and never returns); at ``scale`` about one visit in D / S per image.
+    Epoch order (its window is the epoch) has none. Vectorised: the stream sorted by instance, stably."""
+    order = schedule.positions(0, samples)
+    pos = np.argsort(order, kind="stable")  # (samples,) positions grouped by instance, in stream order
+    inst = order[pos]
+    same = inst[1:] == inst[:-1]
+    jump = pos[1:] // schedule.L - pos[:-1] // schedule.L
+    return int((same & (jump > 1)).sum())

@@ -1,4 +1,4 @@
-"""Judging a frozen backbone: weighted kNN, the linear protocols (``probe``, ``linear_sgd``), kept backbones.
+"""Judging a frozen backbone: weighted kNN, the linear protocols (``probe``, ``logreg``, ``linear_sgd``), kept backbones.
 
 ``evaluate`` holds the protocols and their resumable progress; ``backbone`` saves and loads trained backbones.
 

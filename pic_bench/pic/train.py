@@ -30,6 +30,7 @@ On a GPU's terms (our reading of what the paper's official code, apex O1 on 4-8 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -53,7 +54,7 @@ from .loss import pic_logits, pic_loss
 from .model import PICModel
 from .negatives import RecentNegatives
 from .update import update_rows
-from ..data.window import make_schedule
+from ..data.window import make_schedule, regime
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,6 +78,22 @@ def derive(cfg: Config, N: int) -> dict[str, Any]:
         "windows": math.ceil(steps * B / (N if cfg.pic.scheduler == "epoch" else D)),
         "K_effective": N if cfg.pic.K == 0 else min(cfg.pic.K, N),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _regime(kind: str, N: int, D: int, S: int, seed: int, shuffle: bool, samples: int) -> tuple:
+    return tuple(regime(make_schedule(kind, N, D, S, seed, shuffle), samples).items())
+
+
+def derive_regime(cfg: Config, N: int) -> dict[str, float]:
+    """The regime figures of this run's stream (``data.window.regime``: sweeps, never-visited share, first-visit
+    share, when first visits end, mean revisit distance in units of D), from the scheduler alone; recorded in the
+    row as ``derived["regime"]`` (by ``suite.tasks.run_task``, on rank 0 only, not in the Trainer: the scaling
+    benchmarks build Trainers at large N and measure their memory) and printed by the dry run. Computed on a fresh
+    schedule of the run's seed, so the run's own schedule is left as it was."""
+    p = cfg.pic
+    samples = derive(cfg, N)["steps"] * cfg.optim.batch_size
+    return dict(_regime(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle, samples))
 
 
 def lr_schedule(base: float, steps: int, warmup: int) -> np.ndarray:

@@ -110,9 +110,27 @@ def portable_argv(argv: list[str] | None = None, root: Path | None = None) -> li
     return out
 
 
-def provenance(device: torch.device | str) -> dict[str, Any]:
+def start_state() -> dict[str, Any]:
+    """What a run's code was when it started: ``git_sha``, ``git_dirty`` and library ``versions``. A task takes it
+    before its first step (``suite.tasks.run_task``) and hands it to ``make_row``, so its row names the commit the
+    run started on, not the one checked out when the row was written (issue 19: one sweep named three commits)."""
+    return {**git_state(), "versions": versions()}
+
+
+def provenance(device: torch.device | str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A row's provenance. ``git_sha``, ``git_dirty`` and ``versions`` are the run's at its start (``start``, from
+    ``start_state``; without it, now); ``git_sha_end`` and ``git_dirty_end`` are read now, and
+    ``provenance_changed`` lists what differs between the two (``git_sha``, ``git_dirty``, ``versions.<lib>``;
+    empty: the code did not change while the run ran)."""
+    now = start_state()
+    start = start or now
+    changed = [k for k in ("git_sha", "git_dirty") if start.get(k) != now[k]]
+    before, after = start.get("versions") or {}, now["versions"]
+    changed += [f"versions.{k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     return {
-        **git_state(), "versions": versions(), "device": device_name(device), "host": socket.gethostname(),
+        "git_sha": start.get("git_sha"), "git_dirty": start.get("git_dirty"), "versions": before,
+        "git_sha_end": now["git_sha"], "git_dirty_end": now["git_dirty"], "provenance_changed": changed,
+        "device": device_name(device), "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": portable_argv(), "machine": machine_info(device),
@@ -121,11 +139,12 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
 
 def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, status: str,
              metrics: dict[str, Any], derived: dict[str, Any], device, error: str | None = None,
-             kind: str = "pic") -> dict[str, Any]:
+             kind: str = "pic", start: dict[str, Any] | None = None) -> dict[str, Any]:
     """One result row. ``row["data"]`` names the data the run saw: the dataset, N (instances), the image size and
     the digest that is part of the row's key: the content digest of the data (``derived["data_digest"]``: names and
     bytes of the training and evaluation images, or the in-memory arrays; ``digest_of: "content"``). Rows written
-    before it recorded the digest of the training file names only (``derived["index_digest"]``), kept as it was."""
+    before it recorded the digest of the training file names only (``derived["index_digest"]``), kept as it was.
+    ``start`` (``start_state`` when the run started) is the provenance the row names; see ``provenance``."""
     content = derived.get("data_digest")
     data = {"dataset": cfg.data.dataset, "N": derived.get("N"), "image_size": cfg.data.image_size,
             "digest": content or derived.get("index_digest")}
@@ -134,7 +153,7 @@ def make_row(ablation: str, preset: str, cell: dict[str, Any], cfg: Config, stat
     return {
         "ablation": ablation, "preset": preset, "kind": kind, "cell": cell, "config_hash": config_hash(cfg),
         "seed": cfg.run.seed, "status": status, "error": error, "metrics": metrics, "derived": derived,
-        "data": data, "config": to_dict(cfg), **provenance(device),
+        "data": data, "config": to_dict(cfg), **provenance(device, start),
     }
 
 

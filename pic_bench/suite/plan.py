@@ -13,6 +13,11 @@ Our interpretation, where a plan has to choose:
   and ``model.pool``); for the raw-pixel baseline it is the pixel vector ``evaluate.pixels_fn`` builds
   (``eval.pixels_size``, or ``data.image_size`` when 0, squared x channels). ``linear_sgd`` reads the images
   again after that but keeps no more than the kNN features.
+- the regime figures (``train.derive_regime``: sweeps of the data by the window, share of training images never
+  trained on, share of samples that are a first visit, when first visits end, mean revisit distance in units of
+  D) are computed from the scheduler alone, as the run's row records them. The official sampler is sequential
+  (every window reshuffles all N): past ``REGIME_PLAN_WINDOWS`` windows its figures are left to the run's row
+  (about 0.07 s a window at ImageNet size) rather than slowing the dry run down.
 - the evaluation time is the median ``metrics.eval_wall_s`` per embedded image over the ok rows of the same
   ablation, preset and kind (a raw-pixel baseline costs nothing like a ResNet), times this task's images; with no
   such row it is unknown (None), never a guessed constant. The rows may come from another machine: the line says
@@ -33,6 +38,29 @@ from ..eval.evaluate import feature_dtype, pixels_fn
 from ..pic.model import feature_dim
 from ..report.results import read_rows, rows_file
 from .tasks import Task, data_sizes
+
+
+REGIME_PLAN_WINDOWS = 256  # official sampler: windows the dry run streams at most for the regime figures
+
+
+def plan_regime(cfg: Config, N: int) -> dict[str, float] | None:
+    """The run's regime figures, or None for an official sampler too long to stream in a dry run."""
+    from ..pic.train import derive, derive_regime
+
+    d = derive(cfg, N)
+    if cfg.pic.scheduler == "official" and d["steps"] * cfg.optim.batch_size > REGIME_PLAN_WINDOWS * d["window_len"]:
+        return None
+    return derive_regime(cfg, N)
+
+
+def fmt_regime(r: dict[str, float] | None) -> str:
+    """'regime: 5.00 sweeps, never visited 0.0%, first visits 2.5% of samples, the last at 18.4% of training, revisit
+    8.35 D'."""
+    if r is None:
+        return "regime: in the row (official sampler: too long to stream in a dry run)"
+    return (f"regime: {r['sweeps']:.2f} sweeps, never visited {100 * r['never_visited']:.1f}%, first visits "
+            f"{100 * r['first_visit_share']:.1f}% of samples, the last at {100 * r['first_visits_end']:.1f}% of training, "
+            f"revisit {r['revisit_distance_D']:.2f} D")
 
 
 def plan_device(cfg: Config) -> torch.device:
@@ -106,7 +134,7 @@ def plan(task: Task, results_dir: str | Path, device: str | torch.device | None 
     Returns:
         {"kind", "N", "steps" (None for a baseline), "eval_images" (train + evaluation split), "feature_dim",
         "feature_dtype", "eval_feature_bytes", "eval_seconds" (None without landed rows), "eval_rows" (how many
-        rows the estimate is from)}.
+        rows the estimate is from), "regime" (``plan_regime``; None for a baseline)}.
     """
     from ..pic.train import derive
 
@@ -125,6 +153,7 @@ def plan(task: Task, results_dir: str | Path, device: str | torch.device | None 
         "eval_images": images, "feature_dim": dim, "feature_dtype": str(dtype).removeprefix("torch."),
         "eval_feature_bytes": images * dim * dtype.itemsize,
         "eval_seconds": rate * images if rate is not None else None, "eval_rows": rows,
+        "regime": plan_regime(cfg, N) if task.kind == "pic" else None,
     }
 
 
@@ -145,7 +174,7 @@ def fmt_seconds(s: float) -> str:
 
 def describe(task: Task, results_dir: str | Path, resources: str | None = None,
              device: str | torch.device | None = None) -> str:
-    """One line of plan for a task: kind, steps, evaluation images, feature memory, evaluation time and (when
+    """One line of plan for a task: kind, steps, the regime figures (training tasks), evaluation images, feature memory, evaluation time and (when
     given, e.g. "1 node x 4 tasks x 4 GPUs, 720 min" from the SLURM side) the resources it runs on."""
     p = plan(task, results_dir, device)
     steps = f"{p['steps']} steps (N={p['N']})" if p["steps"] is not None else f"no training (N={p['N']})"
@@ -156,6 +185,8 @@ def describe(task: Task, results_dir: str | Path, resources: str | None = None,
     images = f"eval {p['N']} + {p['eval_images'] - p['N']} images"  # training set + evaluation split
     memory = f"features {fmt_bytes(p['eval_feature_bytes'])} ({p['feature_dim']}-d {p['feature_dtype']})"
     parts = [p["kind"], steps, images, memory, when]
+    if p["kind"] == "pic":
+        parts.insert(2, fmt_regime(p["regime"]))
     if resources:
         parts.append(f"on {resources}")
     return ", ".join(parts)

@@ -1,6 +1,7 @@
 """Runs an ablation: every sweep cell x seed, one result row each, then prints the regenerated table.
 
-    python -m pic_bench.run ablations/negatives_k.yaml small            # 2-core CPU, Fashion-MNIST subset
+    python -m pic_bench.run ablations/negatives_k.yaml scale            # the scale model: 2-core CPU, 5 sweeps
+    python -m pic_bench.run ablations/negatives_k.yaml small            # the fast preset (5 epochs, 0.63 sweeps)
     python -m pic_bench.run ablations/negatives_k.yaml smoke pic.K=128  # only the cell K = 128
     python -m pic_bench.run ablations/negatives_k.yaml small pic.K=128,512 pic.tau=0.1 --results runs/mine
     python -m pic_bench.run ablations/components.yaml paper --executor slurm --cluster slurm/cluster.yaml
@@ -228,7 +229,7 @@ def plumbing_note(cfg: Config) -> str:
     n = instances(cfg)
     images = f"{n} images" if n is not None else f"at most {cfg.data.num_instances} images"
     return (f"note: the smoke preset is a plumbing check ({images} at {cfg.data.image_size} px: numbers mean "
-            "nothing); use small or paper for results")
+            "nothing); use scale (the scale model of the paper) or paper for results")
 
 
 def dry_run_resources(tasks: list[Task], executor: str, cluster=None, results_dir=None) -> dict[str, str]:

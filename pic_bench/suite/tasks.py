@@ -23,7 +23,7 @@ from ..data import sources as data_sources
 from ..data.probe import probe
 from ..files import WriteError, write_atomic, write_error
 from ..pic.checkpoint import move_aside as _move_aside, unreadable_file
-from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row
+from ..report.results import DEFAULT_RESULTS, append_row, has_row, make_row, start_state
 from ..report.timing import measure
 
 
@@ -200,17 +200,47 @@ def write_trained(task: Task, **record: Any) -> None:
     write_atomic(path, lambda f: f.write(text), tmp=path.with_suffix(".tmp"))
 
 
+def start_file(task: Task) -> Path:
+    """Where a training task keeps the provenance of its start, beside its checkpoint (deleted with it)."""
+    return task.checkpoint.with_name(task.checkpoint.stem + "-start.json")
+
+
+def task_start(task: Task) -> dict[str, Any]:
+    """The provenance of the task's start (``results.start_state``: git sha, dirty flag, versions), which its row
+    names. A training task keeps the first one in ``start_file``, so a run resumed after a preemption, or evaluated
+    by a later job, still names the commit its training started on; the file goes with the checkpoint. A run that
+    starts from step 0 (no checkpoint, no trained marker) starts afresh and replaces a file left by an earlier one."""
+    if task.kind != "pic":
+        return start_state()
+    path = start_file(task)
+    if task.checkpoint.is_file() or task.trained_marker.is_file():
+        try:
+            kept = json.loads(path.read_text())
+            if isinstance(kept, dict) and "git_sha" in kept:
+                return kept
+        except (OSError, ValueError):
+            pass  # a checkpoint from before this file existed, or one cut short by a kill: this start counts
+    state = start_state()
+    if task.stage == "eval":
+        return state  # nothing trained this cell: the task fails and writes no start for a later training
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+    return state
+
+
 class NotTrained(RuntimeError):
     """An evaluation task of a cell whose training has not finished (no trained marker or no final checkpoint)."""
 
 
-def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, metrics: dict | None = None
-                ) -> dict[str, Any]:
+def _failed_row(task: Task, derived: dict[str, Any], device, e: BaseException, metrics: dict | None = None,
+                start: dict[str, Any] | None = None) -> dict[str, Any]:
     error = str(e) if metrics is not None else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
     if isinstance(e, WriteError):  # the file and the reason; not the traceback of torch's own wrapper
         error = f"{type(e).__name__}: {e}"
     row = make_row(task.ablation, task.preset, task.cell, task.cfg, "failed", metrics or {}, derived, device,
-                   error=error, kind=task.kind)
+                   error=error, kind=task.kind, start=start)
     if task.kind == "pic" and task.curve.is_file():
         row["curve"] = os.path.relpath(task.curve, task.results_dir)  # the loss up to the failure
     try:
@@ -374,6 +404,7 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
     from ..pic.train import NonFiniteLoss, Preempted, Trainer
 
     cfg = task.cfg
+    start = task_start(task)  # the row names the code as it was now, and says if it changed before the row
     if task.kind != "pic":
         device = cfg.run.device if cfg.run.device != "auto" else "cpu"
         try:
@@ -382,16 +413,17 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             bad = probe(source, "skip") if cfg.data.on_bad_image == "skip" else {}
             metrics, derived = baseline_metrics(cfg, task.kind.removeprefix("baseline_"), source)
         except Exception as e:  # noqa: BLE001 - recorded before it propagates
-            _failed_row(task, _known_digest(task), device, e)
+            _failed_row(task, _known_digest(task), device, e, start=start)
             raise
         if bad:
             derived["bad_images"] = bad
             metrics["eval_skipped_images"] = sum(bad.values())
             metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
-        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, device, kind=task.kind)
+        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, device, kind=task.kind,
+                       start=start)
         append_row(row, Path(task.results_dir))
         return row
-    from ..pic.train import reset_peak_memory, resolve_device
+    from ..pic.train import derive_regime, reset_peak_memory, resolve_device
 
     ckpt = task.checkpoint
     marker, moved = read_trained_or_move(task) if task.trained() else (None, "")
@@ -399,13 +431,13 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         e = NotTrained(f"{task.name}: an evaluation task, but its training has not finished (" + (
             moved or f"no {task.trained_marker} or no {ckpt}") + "); running the same command again submits the "
                        "training")
-        _failed_row(task, _known_digest(task), cfg.run.device, e)
+        _failed_row(task, _known_digest(task), cfg.run.device, e, start=start)
         raise e
     reset_peak_memory(resolve_device(cfg.run.device))
     try:
         trainer = Trainer(cfg)
     except Exception as e:  # noqa: BLE001 - missing data and the like: recorded before it propagates
-        _failed_row(task, _known_digest(task), cfg.run.device, e)
+        _failed_row(task, _known_digest(task), cfg.run.device, e, start=start)
         raise
     try:
         # an unreadable image in train/ or val/ refuses the run now, not after training (data.on_bad_image=error);
@@ -413,7 +445,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         bad = marker["bad"] if marker and "bad" in marker else probe(trainer.source, cfg.data.on_bad_image)
     except Exception as e:  # noqa: BLE001 - recorded before it propagates
         _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest,
-                           "data_digest": trainer.source.digest}, trainer.device, e)
+                           "data_digest": trainer.source.digest}, trainer.device, e,
+                    start=start)
         raise
     try:
         trainer = resume(trainer, ckpt, final=task.stage == "eval")
@@ -423,11 +456,12 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             # the marker names a checkpoint that cannot be read: moved aside, so that the next run of the
             # same command submits the training again, whose resume moves the checkpoint aside
             move_aside(task.trained_marker)
-        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e)
+        _failed_row(task, {**trainer.derived, "index_digest": trainer.source.index_digest}, trainer.device, e,
+                    start=start)
         raise
     trained_here = trainer.step < trainer.derived["steps"]  # False: only evaluation runs in this process
     derived = {**trainer.derived, "index_digest": trainer.source.index_digest, "data_digest": trainer.source.digest,
-               "eval_split": trainer.source.eval_split}
+               "eval_split": trainer.source.eval_split, "regime": derive_regime(cfg, trainer.N)}
     if any(bad.values()):
         derived["bad_images"] = bad
     if marker is not None and not trained_here:
@@ -483,7 +517,8 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
             metrics["eval_skipped_images"] = sum(bad.values())
             metrics["skipped_images"] = metrics.get("skipped_images", 0) + metrics["eval_skipped_images"]
         # peak_mem_*: the training loop's, from train() (read before evaluation) or from the trained marker
-        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device)
+        row = make_row(task.ablation, task.preset, task.cell, cfg, "ok", metrics, derived, trainer.device,
+                       start=start)
         row["curve"] = os.path.relpath(task.curve, task.results_dir)
         row["backbone"] = str(backbone) if backbone else None
     except Preempted:
@@ -492,13 +527,13 @@ def run_task(task: Task, should_stop: Callable[[], bool] = lambda: False,
         raise
     except NonFiniteLoss as e:
         trainer.save(ckpt.with_name(ckpt.stem + "-failed.pt"))
-        _failed_row(task, derived, trainer.device, e, trainer.meters.summary(cfg.optim.batch_size))
+        _failed_row(task, derived, trainer.device, e, trainer.meters.summary(cfg.optim.batch_size), start=start)
         raise
     except Exception as e:  # noqa: BLE001 - any failure is recorded before it propagates
-        _failed_row(task, derived, trainer.device, e)
+        _failed_row(task, derived, trainer.device, e, start=start)
         raise
     append_row(row, Path(task.results_dir))
-    for done_with in (ckpt, task.trained_marker, task.timing_file):
+    for done_with in (ckpt, task.trained_marker, task.timing_file, start_file(task)):
         if done_with.is_file():
             done_with.unlink()
     eval_progress.clear()
