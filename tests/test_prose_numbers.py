@@ -5,7 +5,9 @@ interval's bound or half-width: the tables print these with two decimals) or a p
 printed in a generated table (results/tables/*.md), or be the half-width of an interval a table prints ("+0.68 ±
 0.67" for "[+0.01, +1.35]", within 0.01 for the rounding of the bounds). A number that comes from somewhere else
 (a history rows file, a loss curve, a derivation the prose gives the command for) must sit in a block that names
-its source, and the source must exist:
+its source, and the source must exist. A number is checked against the tables its unit (a markdown table row, a
+list item with its continuation lines, a paragraph) names, as ``negatives_k.md`` or as a table cell listing
+ablation names (``| components, official_readme |``); only a unit that names no table may take it from any:
 
     <!-- from: results/rows/history/negatives_k-0f98409.jsonl -->
     ... the earlier machine's rows gave 80.25 ...
@@ -46,9 +48,45 @@ def table_numbers(tables_text: str) -> tuple[set[str], list[float]]:
     return printed, halves
 
 
-def unsupported(doc: str, tables_text: str, repo: Path = REPO) -> list[str]:
-    """The result numbers of `doc` that no table holds, and every badly formed or unsourced block, as messages."""
-    printed, halves = table_numbers(tables_text)
+UNIT_START = re.compile(r"\s*(\||[-*] |#|\d+\. )")
+
+
+def units(text: str) -> list[tuple[int, str]]:
+    """The text cut where a reader's eye would cut it: each markdown table row, each list item (with its
+    continuation lines) and each paragraph, as (first line number, text)."""
+    out, start, buf = [], 0, []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or UNIT_START.match(line) or (buf and buf[-1].lstrip().startswith("|")):
+            if buf:
+                out.append((start, "\n".join(buf)))
+            buf, start = ([line], lineno) if line.strip() else ([], 0)
+        else:
+            buf, start = buf + [line], start or lineno
+    if buf:
+        out.append((start, "\n".join(buf)))
+    return out
+
+
+def cited(unit: str, names) -> set[str]:
+    """The tables a unit names: ``name.md`` anywhere, or a table cell that lists ablation names
+    (``| components, official_readme |``)."""
+    got = {n for n in names if re.search(rf"(?<![\w-]){re.escape(n)}\.md\b", unit)}
+    for cell in unit.split("|")[1:-1]:
+        words = [w.strip() for w in cell.split(",")]
+        if words and all(w in names for w in words):
+            got |= set(words)
+    return got
+
+
+def unsupported(doc: str, tables: dict[str, str] | str, repo: Path = REPO) -> list[str]:
+    """The result numbers of `doc` that no table holds, and every badly formed or unsourced block, as messages.
+
+    `tables` maps a table's name (its file's stem, e.g. ``negatives_k``) to its text. A number in a unit (a table
+    row, a list item, a paragraph) that names tables (``negatives_k.md``, or a cell listing ablation names) must
+    be in one of those; a number in a unit that names none, in any table."""
+    if isinstance(tables, str):
+        tables = {"table": tables}
+    each = {name: table_numbers(t) for name, t in tables.items()}
     text = doc.translate(MINUS)
     problems = []
     for source, _ in BLOCK.findall(text):
@@ -69,21 +107,25 @@ def unsupported(doc: str, tables_text: str, repo: Path = REPO) -> list[str]:
     if OPEN in outside or CLOSE in outside:
         line = next(i for i, l in enumerate(outside.splitlines(), 1) if OPEN in l or CLOSE in l)
         problems.append(f"line {line}: a '<!-- from: ... -->' block is not closed, or a '<!-- /from -->' not opened")
-    for lineno, line in enumerate(outside.splitlines(), 1):
-        found = [m.group(1) for m in NUMBER.finditer(line)] + P_VALUE.findall(line)
-        for number in found:
-            bare = number.replace(",", "")
-            if bare in printed:
-                continue
-            if any(abs(float(bare) - h) <= 0.0101 for h in halves):
-                continue
-            problems.append(f"line {lineno}: {number} is in no table under results/tables/ "
-                            f"(nor an interval's half-width there)")
+    for first_line, unit in units(outside):
+        names = sorted(cited(unit, each)) or sorted(each)
+        printed = set().union(*(each[n][0] for n in names))
+        halves = [h for n in names for h in each[n][1]]
+        where = "in no table under results/tables/" if len(names) == len(each) else \
+            (f"not in {names[0]}.md" if len(names) == 1 else "in none of " + ", ".join(f"{n}.md" for n in names))
+        for offset, line in enumerate(unit.splitlines()):
+            found = [m.group(1) for m in NUMBER.finditer(line)] + P_VALUE.findall(line)
+            for number in found:
+                bare = number.replace(",", "")
+                if bare in printed or any(abs(float(bare) - h) <= 0.0101 for h in halves):
+                    continue
+                problems.append(f"line {first_line + offset}: {number} is {where} "
+                                f"(nor an interval's half-width there)")
     return problems
 
 
-def all_tables() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "results" / "tables").glob("*.md")))
+def all_tables() -> dict[str, str]:
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted((REPO / "results" / "tables").glob("*.md"))}
 
 
 @pytest.mark.parametrize("name", DOCS)
@@ -127,3 +169,18 @@ def test_a_sourced_block_is_exempt_only_with_a_source_that_exists(tmp_path):
     assert unsupported("<!-- from: -->0.82<!-- /from -->", TABLE, tmp_path)[0].endswith("names no source")
     assert unsupported("<!-- from: `python -c 'print(0.82)'` -->0.82<!-- /from -->", TABLE, tmp_path) == []
     assert "not closed" in unsupported("<!-- from: rows/old.jsonl -->\n80.25\n", TABLE, tmp_path)[0]
+
+
+TABLES = {"negatives_k": TABLE, "components": "| pic.model.head=none | 77.74 ± 0.50 |"}
+
+
+def test_a_unit_that_names_a_table_must_quote_that_table():
+    assert unsupported("- in negatives_k.md K = 512 gives 81.83", TABLES) == []
+    assert unsupported("- in components.md K = 512 gives 81.83", TABLES) == [
+        "line 1: 81.83 is not in components.md (nor an interval's half-width there)"]
+    # a list item's continuation lines belong to it; the next item, paragraph or table row starts afresh
+    doc = "- components.md: no head\n  gives 81.83\n- and K = 512 gives 81.83\n\nno head 77.74\n"
+    assert unsupported(doc, TABLES) == ["line 2: 81.83 is not in components.md (nor an interval's half-width there)"]
+    rows = "| a claim | components, negatives_k | 77.74 and 81.83 |\n| another | components | 81.83 |\n"
+    assert unsupported(rows, TABLES) == ["line 2: 81.83 is not in components.md (nor an interval's half-width there)"]
+    assert unsupported("| x | components, nonsense | 81.83 |", TABLES) == []  # not a list of names: any table
