@@ -1,4 +1,4 @@
-"""pic_bench.report.loss_rise: the push / pull reading of the all-N loss rise (issue 19), from rows and schedules.
+"""pic_bench.suite.loss_rise: the push / pull reading of the all-N loss rise (issue 19), from rows and schedules.
 
     python -m pytest tests/test_loss_rise.py -q
 """
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pic_bench.data.window import make_schedule
-from pic_bench.report.loss_rise import latest_returns, latest_returns_reference, main, push_pull
+from pic_bench.suite.loss_rise import latest_returns, latest_returns_reference, main, push_pull
 
 
 @pytest.mark.parametrize("trial", range(5))

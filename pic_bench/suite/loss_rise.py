@@ -1,6 +1,6 @@
 """Why a loss curve rises at its end: the learning rate a row was pushed away at, against the one it is pulled back at.
 
-    python -m pic_bench.report.loss_rise results/rows/negatives_k.jsonl --preset scale --cell pic.K=0 --seed 0
+    python -m pic_bench.suite.loss_rise results/rows/negatives_k.jsonl --preset scale --cell pic.K=0 --seed 0
 
 With all N rows of w as negatives, the row of every image that is absent from the stream is pushed away from the
 batch's features on every step (by its softmax probability times that step's learning rate); only its image's
@@ -116,7 +116,7 @@ def parse_cell(items: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pic_bench.report.loss_rise", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pic_bench.suite.loss_rise", description=__doc__.split("\n\n")[0])
     ap.add_argument("rows", type=Path, help="an ablation's rows file, e.g. results/rows/negatives_k.jsonl")
     ap.add_argument("--preset", default="scale")
     ap.add_argument("--cell", nargs="+", default=[], help="the row's cell as key=value, e.g. pic.K=0")
