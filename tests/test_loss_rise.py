@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pic_bench.data.window import make_schedule
 from pic_bench.suite.loss_rise import latest_returns, latest_returns_reference, main, push_pull
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("trial", range(5))
@@ -46,10 +49,14 @@ def test_the_command_reads_a_row_and_its_curve_and_names_what_is_missing(tmp_pat
     rows, curves = tmp_path / "rows", tmp_path / "curves" / "abl"
     rows.mkdir()
     curves.mkdir(parents=True)
-    row = {"kind": "pic", "status": "ok", "preset": "scale", "seed": 0, "cell": {"pic.K": 0}, "ablation": "abl",
-           "config_hash": "abc", "derived": {"N": 200, "steps": 100, "lr": 0.1, "warmup_steps": 5},
-           "config": {"pic": {"D": 32, "S": 8, "K": 0, "recent": "instances", "scheduler": "sliding",
-                              "official_shuffle": True}, "optim": {"batch_size": 16}, "run": {"seed": 0}}}
+    # a valid committed row (the tool reads rows as the tables do), made small: N = 200, D = 32, 100 steps
+    row = json.loads(next(line for line in (REPO / "results" / "rows" / "negatives_k.jsonl").read_text().splitlines()
+                          if '"preset": "scale"' in line))
+    row.update({"ablation": "abl", "seed": 0, "cell": {"pic.K": 0}, "config_hash": "abc"})
+    row["derived"].update({"N": 200, "steps": 100, "lr": 0.1, "warmup_steps": 5})
+    row["config"]["pic"].update({"D": 32, "S": 8, "K": 0, "scheduler": "sliding"})
+    row["config"]["optim"]["batch_size"] = 16
+    row["config"]["run"]["seed"] = 0
     (rows / "abl.jsonl").write_text(json.dumps(row) + "\n")
     (curves / "pic-scale-abc-dig-s0.jsonl").write_text(json.dumps({"step": 100, "loss": 4.25, "lr": 0.0}) + "\n")
     assert main([str(rows / "abl.jsonl"), "--cell", "pic.K=0", "--last", "60"]) == 0

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError, parse_cli_overrides
 from ..data.window import make_schedule
 from ..pic.train import lr_schedule
+from ..report.results import scan_rows
 
 
 def latest_returns(order: np.ndarray, long_gap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,32 +89,16 @@ def push_pull(order: np.ndarray, batch: int, lr: np.ndarray, long_gap: int, at_s
 
 
 def find_row(rows: Path, preset: str, cell: dict, seed: int) -> dict:
-    """The one ``ok`` pic row of ``rows`` with this preset, cell and seed; an error naming what is there."""
-    found = []
-    for line in rows.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            if r.get("kind") == "pic" and r.get("status") == "ok" and r.get("preset") == preset:
-                found.append(r)
+    """The one ``ok`` pic row of ``rows`` with this preset, cell and seed (valid rows only, as the tables read
+    them: ``report.results.scan_rows``); an error naming what is there."""
+    found = [r for _, r, problem in scan_rows(rows)
+             if problem is None and r["kind"] == "pic" and r["status"] == "ok" and r["preset"] == preset]
     match = [r for r in found if r["seed"] == seed and r["cell"] == cell]
     if len(match) != 1:
         cells = sorted({json.dumps(r["cell"], sort_keys=True) for r in found})
         raise SystemExit(f"{rows}: {len(match)} ok pic rows with preset {preset}, cell {cell}, seed {seed}; "
                          f"its cells at that preset: {', '.join(cells) or 'none'}")
     return match[0]
-
-
-def parse_cell(items: list[str]) -> dict:
-    cell = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--cell {item!r}: expected key=value, e.g. pic.K=0")
-        try:
-            cell[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cell[key] = value
-    return cell
 
 
 def main(argv=None) -> int:
@@ -123,7 +109,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--last", type=int, default=700, help="steps before the end to report (every 50th)")
     a = ap.parse_args(argv)
-    row = find_row(a.rows, a.preset, parse_cell(a.cell), a.seed)
+    try:
+        cell = parse_cli_overrides(a.cell)
+    except ConfigError as e:
+        raise SystemExit(f"--cell: {e}") from None
+    row = find_row(a.rows, a.preset, cell, a.seed)
     cfg, d = row["config"], row["derived"]
     p, B = cfg["pic"], cfg["optim"]["batch_size"]
     N, steps = d["N"], d["steps"]
