@@ -111,6 +111,27 @@ def test_the_80_percent_power_effect_against_a_direct_noncentral_t_computation()
     assert stats.pooled_sd([1.0, 2.0], [3, 5]) == pytest.approx(math.sqrt((2 * 1 + 4 * 4) / 6))
 
 
+def test_power_equals_its_integral_definition_on_random_inputs():
+    rng = np.random.default_rng()
+    for _ in range(40):
+        n = int(rng.integers(2, 12))
+        sd = float(rng.uniform(0.05, 3.0))
+        effect = float(rng.uniform(0.0, 4.0)) * sd
+        fast = stats.power(effect, sd, n)
+        assert math.isfinite(fast)
+        assert fast == pytest.approx(stats.power_by_integral(effect, sd, n), abs=1e-6), (effect, sd, n)
+
+
+def test_the_80_percent_power_effect_at_two_pairs():
+    # scipy's nct gives nan at df = 1 for noncentrality near 18, which two pairs need for 80% power: the scale
+    # epochs table (two seeds of a cell landed) stopped with "function value ... is NaN" inside mde
+    for sd in (0.05, 0.1, 0.2, 0.23, 0.5, 1.0, 2.0):
+        e = stats.mde(sd, 2)
+        assert math.isfinite(e)
+        assert stats.power_by_integral(e, sd, 2) == pytest.approx(0.8, abs=1e-6)
+        assert stats.power_by_integral(0.95 * e, sd, 2) < 0.8
+
+
 def test_table_shows_the_hand_computed_change_against_the_default(tmp_path):
     write_rows(tmp_path, "negatives_k", negatives_rows())
     md = tables.build_table("negatives_k", tmp_path, write=True)

@@ -6,7 +6,9 @@
     mde(c.sd, c.n)                                       # smallest effect detected 80% of the time
 
 Everything comes from ``scipy.stats``: the interval from Student's t quantile (``t.ppf``), p from the paired
-t-test (``ttest_rel``), the power from the noncentral t distribution (``nct``).
+t-test (``ttest_rel``), the power from the noncentral t distribution (``nct``;
+where scipy's ``nct`` gives nan, as it does for two pairs at large noncentrality, by integrating its definition,
+``power_by_integral``).
 
 Our interpretation of what a table may say (issue 19):
 
@@ -98,7 +100,31 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     df = n - 1
     crit = t_quantile(df, 1 - alpha / 2)
     nc = effect * math.sqrt(n) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(p):  # scipy's nct returns nan for some (df, nc), e.g. two pairs at nc ~ 18
+        p = power_by_integral(effect, sd, n, alpha)
+    return p
+
+
+def power_by_integral(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """The same power by its definition, the plain reference to ``power``: with ``T = (Z + nc) / sqrt(V / df)``,
+    ``Z`` standard normal and ``V ~ chi2(df)``, ``P(|T| > c) = E_V[P(Z > c s - nc) + P(Z < -c s - nc)]`` for
+    ``s = sqrt(V / df)``, integrated over ``V`` by quadrature. Used where ``nct`` gives nan."""
+    from scipy import integrate, stats
+
+    df = n - 1
+    crit = t_quantile(df, 1 - alpha / 2)
+    nc = effect * math.sqrt(n) / sd
+
+    def given_s(s: float) -> float:
+        return float(stats.norm.sf(crit * s - nc) + stats.norm.cdf(-crit * s - nc))
+
+    # s = sqrt(V / df) has density 2 df s chi2.pdf(df s^2, df); integrate in s, which has no pole at 0
+    dens = stats.chi2(df)
+    lo, hi = 0.0, math.sqrt(dens.ppf(1 - 1e-15) / df)
+    val, _ = integrate.quad(lambda s: given_s(s) * 2 * df * s * dens.pdf(df * s * s), lo, hi,
+                            points=[nc / crit] if 0 < nc / crit < hi else None, limit=200, epsabs=1e-12)
+    return float(val)
 
 
 def mde(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
