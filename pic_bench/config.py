@@ -101,6 +101,7 @@ class OptimConfig:
     weight_decay: float = 1e-4  # SGD weight decay, backbone and classifier alike
     epochs: float = 200  # training length in passes' worth of samples (epochs * N samples in all)
     warmup_epochs: float = 5  # linear warm-up, same unit as epochs (official: epochs / 40)
+    final_lr_ratio: float = 0.0  # the cosine decays to this fraction of the peak lr (official: 0, decay to 0)
     max_steps: int = 0  # stop after this many steps regardless (0 = no cap); for smoke runs
 
 
@@ -303,6 +304,7 @@ ADDED_KEYS: dict[str, Any] = {
     "run.precision": "fp32", "run.checkpoint_minutes": 0.0, "run.tensorboard": False,
     "pic.recent": "positions",  # negatives.RecentNegatives before pic.recent: the last K stream positions
     "eval.logreg_l2": 0.0, "eval.logreg_max_steps": 1000,  # issue 19; no earlier run used protocol logreg
+    "optim.final_lr_ratio": 0.0,  # issue 19: every earlier run decayed its lr to 0
 }
 
 
@@ -857,6 +859,9 @@ def validate(cfg: Config, where: str | Callable[[str], str] = "config", preset: 
         if get_value(cfg, key) < 0:
             refuse(key, "must be >= 0 (0 = none)")
     p, o, d = cfg.pic, cfg.optim, cfg.data
+    if not 0 <= o.final_lr_ratio <= 1:
+        refuse("optim.final_lr_ratio", "must be in [0, 1] (the fraction of the peak lr the cosine ends at; 0 = "
+               "decay to 0)")
     if o.warmup_epochs > o.epochs:  # the schedule would cut the warm-up short (train.lr_schedule): no squeeze
         refuse("optim.warmup_epochs", f"must be <= optim.epochs={o.epochs} (from {src('optim.epochs')}): the "
                "warm-up has to fit in the run")

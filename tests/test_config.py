@@ -218,6 +218,7 @@ def test_the_name_rule_takes_plain_names(name):
     ("optim.weight_decay", [-1e-4], [0.0, 5e-4]), ("eval.sgd_weight_decay", [-1.0], [0.0]),
     ("eval.linear_lr", [0.0, -1.0], [1e-3]), ("eval.sgd_lr", [0.0, -30.0], [30.0]),
     ("optim.warmup_epochs", [1.5, 1000.0], [0.0, 1.0]), ("eval.sgd_warmup_epochs", [101.0], [100.0]),
+    ("optim.final_lr_ratio", [-0.1, 1.5], [0.0, 0.1, 1.0]),
     ("pic.w_init_std", [-0.01, 0.0], [0.01]), ("run.seed", [-1, 2**63, 2**64], [0, 2**63 - 1]),
 ])
 def test_value_ranges_name_key_value_and_origin(key, bad, good):

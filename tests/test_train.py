@@ -22,6 +22,22 @@ def test_lr_schedule_is_indexed_by_step_with_warmup_and_cosine():
     assert np.all(np.diff(s[10:]) <= 1e-12) and s[-1] < 0.01
 
 
+def test_lr_schedule_with_a_floor_ends_at_its_fraction_of_the_peak():
+    plain, floored = lr_schedule(2.0, 100, 10), lr_schedule(2.0, 100, 10, 0.1)
+    assert np.array_equal(floored[:10], plain[:10])  # the warm-up is untouched
+    # the cosine part is the plain one squeezed into [0.2, 2.0]: floor + (1 - ratio) * plain
+    assert np.allclose(floored[10:], 0.2 + 0.9 * plain[10:])
+    assert floored[-1] == pytest.approx(0.2, abs=2e-3) and np.all(np.diff(floored[10:]) <= 1e-12)
+
+
+def test_final_lr_ratio_reaches_the_trainer():
+    t, plain = Trainer(smoke(**{"optim.final_lr_ratio": 0.5})), Trainer(smoke())
+    d = t.derived
+    assert np.array_equal(t.lr, lr_schedule(d["lr"], d["steps"], d["warmup_steps"], 0.5))
+    assert np.array_equal(plain.lr, lr_schedule(d["lr"], d["steps"], d["warmup_steps"]))
+    assert t.lr.min() >= 0.5 * d["lr"] > plain.lr[-1]
+
+
 def test_loss_goes_down_in_20_steps():
     cfg = smoke(**{"optim.max_steps": 20, "optim.epochs": 10.0, "pic.K": 0, "data.aug": "weak",
                    "optim.base_lr": 0.5})

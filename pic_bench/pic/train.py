@@ -96,12 +96,14 @@ def derive_regime(cfg: Config, N: int) -> dict[str, float]:
     return dict(_regime(p.scheduler, N, p.D, p.S, cfg.run.seed, p.official_shuffle, samples))
 
 
-def lr_schedule(base: float, steps: int, warmup: int) -> np.ndarray:
-    """Linear warm-up then cosine decay to 0, indexed by the global step (length ``steps``)."""
+def lr_schedule(base: float, steps: int, warmup: int, final_ratio: float = 0.0) -> np.ndarray:
+    """Linear warm-up then cosine decay towards ``final_ratio * base`` (0: to 0, the official schedule), indexed by
+    the global step (length ``steps``)."""
     warmup = min(warmup, steps)
     warm = np.linspace(base / max(warmup, 1), base, warmup) if warmup else np.empty(0)
     t = np.arange(steps - warmup)
-    cos = 0.5 * base * (1 + np.cos(np.pi * t / max(steps - warmup, 1)))
+    floor = final_ratio * base
+    cos = floor + 0.5 * (base - floor) * (1 + np.cos(np.pi * t / max(steps - warmup, 1)))
     sched = np.concatenate([warm, cos])
     assert len(sched) == steps, (len(sched), steps)
     return sched
@@ -258,7 +260,8 @@ class Trainer:
         self.negatives = RecentNegatives(self.N, p.K, self.device, p.recent)
         self.head_ws = head.Workspace()  # fast head's scratch buffers, reused every step (derived, not state)
         # --- schedule and meters
-        self.lr = lr_schedule(self.derived["lr"], self.derived["steps"], self.derived["warmup_steps"])
+        self.lr = lr_schedule(self.derived["lr"], self.derived["steps"], self.derived["warmup_steps"],
+                              cfg.optim.final_lr_ratio)
         self.step = 0
         self.meters = Meters()
 

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     D = min(p["D"], N)
     schedule = make_schedule(p["scheduler"], N, D, p["S"], cfg["run"]["seed"], p["official_shuffle"])
     order = schedule.positions(0, steps * B)
-    lr = lr_schedule(d["lr"], steps, d["warmup_steps"])
+    lr = lr_schedule(d["lr"], steps, d["warmup_steps"], cfg["optim"].get("final_lr_ratio", 0.0))
     curves = sorted((a.rows.parent.parent / "curves" / row["ablation"]).glob(
         f"pic-{a.preset}-{row['config_hash']}-*-s{a.seed}.jsonl"))
     loss = {}
