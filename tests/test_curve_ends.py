@@ -105,6 +105,13 @@ def test_main_reads_the_committed_scale_rows_and_their_curves(capsys):
         assert cells[6] == f"{loss[6250] - loss[5900]:+.3f}"  # the tail is the curve's own two lines
 
 
+def test_a_missing_rows_file_or_cell_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no such rows file"):
+        main([str(tmp_path / "nothing.jsonl")])
+    with pytest.raises(SystemExit, match="pic.K.: 7"):
+        main([str(REPO / "results" / "rows" / "negatives_k.jsonl"), "--cell", "pic.K=7"])
+
+
 def test_sweep_steps_follow_the_scheduler():
     row = {"config": {"pic": {"scheduler": "sliding", "D": 1024, "S": 128, "official_shuffle": True},
                       "optim": {"batch_size": 64}, "run": {"seed": 0}},

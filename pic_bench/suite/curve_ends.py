@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not 0 < a.tail < 1:
         raise SystemExit(f"--tail must be in (0, 1), got {a.tail}")
+    if not a.rows.is_file():
+        raise SystemExit(f"{a.rows}: no such rows file")
     try:
         cell = parse_cli_overrides(a.cell)
     except ConfigError as e:
