@@ -10,6 +10,8 @@ know exactly which instances come next (resume = remember the step).
   ``D - S`` instances, so an image is visited about every D samples rather than every N.
   Our interpretation where the paper is silent: ``pi`` is drawn once and kept (reshuffling it when the window
   wraps would break the ``D - S`` overlap at the wrap); the order inside a window is a fresh permutation of it.
+  So the window holds the same images at the same point of every sweep, and a loss curve can repeat once a sweep
+  (``suite.curve_ends`` compares an end with the same window one sweep earlier).
 - ``EpochOrder``: every instance once per window of length N, freshly shuffled per epoch (window = epoch).
 - ``OfficialWindow``: bl0/PIC's ``SubsetSlidingWindowSampler`` as it behaves. Its modulus is the window length,
   so every window is drawn from the first D entries of its index list; the start index cycles through
