@@ -9,12 +9,11 @@ as momentum entries that nearly cancelled). The two runs do the same arithmetic 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import free_port, init_gloo, run_ranks
 
 from pic_bench.pic import distributed
 from pic_bench.config import build
@@ -34,9 +33,9 @@ def snapshot(t: Trainer) -> dict:
             "ring": t.negatives.ring.clone(), "count": t.negatives.count}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, port: int, outs: list) -> None:
+    out = str(outs[rank])  # this rank's file
+    init_gloo(rank, world, port)
     try:
         ctx = distributed.current()
         assert isinstance(ctx, distributed.DataParallel) and ctx.rank == rank
@@ -88,24 +87,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     outs = [d / f"rank{r}.pt" for r in range(2)]
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(outs[r]))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_ranks(_worker, 2, free_port(), outs, timeout=300)
     two = [torch.load(o, weights_only=False) for o in outs]
     one = Trainer(cfg())
     one.train()

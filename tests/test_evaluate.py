@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ranks import free_port, init_gloo, run_ranks
 from torchvision.transforms import v2 as T
 
 from pic_bench.eval import evaluate as E
@@ -345,13 +346,11 @@ def _sharded_eval(cfg):
     return {"f": f, "y": y, "lin": lin}
 
 
-def _shard_worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
+def _shard_worker(rank: int, world: int, port: int, outs: list) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = str(outs[rank])  # this rank's file
+    init_gloo(rank, world, port)
     try:
         torch.set_num_threads(1)
         torch.save(_sharded_eval(_shard_cfg()), out)
@@ -361,21 +360,8 @@ def _shard_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     outs = [tmp_path / f"r{r}.pt" for r in range(2)]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_shard_worker, args=(r, 2, port, str(outs[r]))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_ranks(_shard_worker, 2, free_port(), outs, timeout=300)
     one = _sharded_eval(_shard_cfg())
     for o in outs:
         two = torch.load(o, weights_only=False)

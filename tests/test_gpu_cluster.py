@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from ranks import free_port, init_gloo, run_ranks
 
 from pic_bench.config import apply, build
 from pic_bench.data import probe as P
@@ -29,27 +29,6 @@ from pic_bench.pic.model import PICModel
 from pic_bench.pic.train import Trainer
 from pic_bench.suite import tasks as T
 from pic_bench.suite.tasks import Task, run_task
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(target, world: int, *args, timeout: float = 300) -> list[int]:
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, world, *args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    return [p.exitcode for p in procs]
 
 
 # ---- item 1: evaluation under NCCL with any number of ranks
@@ -69,8 +48,7 @@ def _evaluate(ctx, progress_path):
 
 
 def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         torch.set_num_threads(1)
         dist.get_backend = lambda group=None: "nccl"  # what an NCCL group says; the collectives stay gloo's
@@ -87,7 +65,7 @@ def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_evaluation_with_two_ranks_under_an_nccl_group_runs_and_equals_one_rank(tmp_path):
-    assert _spawn(_nccl_worker, 2, _port(), str(tmp_path / "r")) == [0, 0]
+    run_ranks(_nccl_worker, 2, free_port(), str(tmp_path / "r"))
     outs = [tmp_path / f"r{r}" for r in range(2)]  # every rank returns the global result
     one = _evaluate(distributed.Single(), None)
     for o in outs:
@@ -286,8 +264,7 @@ DELAY_S, TIMEOUT_S = 0.25, 12  # 48 files: 12 s of decoding in one process, 6 s 
 @pytest.mark.slow
 def test_a_slow_probe_does_not_run_into_the_group_timeout(tmp_path):
     _write_folder(tmp_path / "data", n_train=32, n_val=16)
-    assert _spawn(_probe_worker, 2, _port(), str(tmp_path / "data"), str(tmp_path / "res"),
-                  str(tmp_path / "cache")) == [0, 0]
+    run_ranks(_probe_worker, 2, free_port(), str(tmp_path / "data"), str(tmp_path / "res"), str(tmp_path / "cache"))
     rows = [json.loads(x) for x in (tmp_path / "res" / "rows" / "gpu_cluster.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok"]
 

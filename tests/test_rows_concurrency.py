@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
+from ranks import run_procs
+
 from pic_bench.report.results import append_row, read_rows, rows_file, row_key
 
 WRITERS, KEYS = 8, 12
@@ -25,12 +27,7 @@ def _writer(results: str, writer: int, barrier) -> None:
 def test_concurrent_writers_neither_lose_mangle_nor_duplicate(tmp_path):
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(WRITERS)
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, barrier)) for w in range(WRITERS)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * WRITERS
+    run_procs(_writer, [(str(tmp_path), w, barrier) for w in range(WRITERS)], timeout=120, method="fork")
     lines = rows_file(tmp_path, "concurrency").read_text().splitlines()
     rows = [json.loads(line) for line in lines]  # every line is whole JSON: nothing interleaved
     assert sorted(r["seed"] for r in rows) == list(range(KEYS))  # each key exactly once, none lost

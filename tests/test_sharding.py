@@ -5,14 +5,13 @@ input each decode a disjoint half and end with one process's parameters (test_di
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import free_port, init_gloo, run_ranks
 
 from pic_bench.config import build
 from pic_bench.data import shard_rows
@@ -169,13 +168,13 @@ def _counted(c) -> Source:
     return Source(src.name, train, src.test, src.channels, src.mean, src.std, src.index_digest)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, outs: list) -> None:
     from test_distributed import cfg as dist_cfg, snapshot
 
     from pic_bench.pic.train import Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    out = str(outs[rank])  # this rank's file
+    init_gloo(rank, world, port)
     try:
         c = dist_cfg()
         t = Trainer(c, source=_counted(c))
@@ -186,19 +185,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_ranks_each_decode_a_disjoint_half_and_match_one_process(tmp_path):
-    from test_distributed import STEPS as DSTEPS, assert_close, cfg as dist_cfg, free_port, snapshot
+    from test_distributed import STEPS as DSTEPS, assert_close, cfg as dist_cfg, snapshot
 
     from pic_bench.pic.train import Trainer
 
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
-    ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(outs[r]))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_ranks(_worker, 2, free_port(), outs, timeout=300)
     two = [torch.load(o, weights_only=False) for o in outs]
     c = dist_cfg()
     one = Trainer(c, source=_counted(c))

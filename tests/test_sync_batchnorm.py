@@ -8,14 +8,11 @@ equivalent; on CPU stand-ins the op and byte counts are those a GPU would run to
 """
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
+from ranks import free_port, init_gloo, run_ranks
 
 from pic_bench.pic import distributed
 
@@ -123,9 +120,9 @@ def test_sync_batchnorm_cost_is_near_batchnorm2d_and_far_below_the_reference(cap
     assert ops_sync < ops_ref / 2
 
 
-def _worker(rank: int, world: int, port: int, out: str, seed: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, port: int, outs: list, seed: int) -> None:
+    out = str(outs[rank])  # this rank's file
+    init_gloo(rank, world, port)
     try:
         x = fresh_input(seed, (12, 4, 3, 3))
         dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1))
@@ -142,22 +139,10 @@ def _worker(rank: int, world: int, port: int, out: str, seed: int) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sync_batchnorm_over_two_gloo_ranks_equals_batchnorm_on_the_whole_batch(tmp_path):
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     outs = [tmp_path / f"r{r}.pt" for r in range(2)]
-    ctx, port = mp.get_context("spawn"), free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(outs[r]), seed)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    run_ranks(_worker, 2, free_port(), outs, seed, timeout=120)
     got = [torch.load(o) for o in outs]
     x = fresh_input(seed, (12, 4, 3, 3))
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1))
