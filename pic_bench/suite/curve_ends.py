@@ -174,15 +174,15 @@ def main(argv=None) -> int:
     print("cell | seed | steps | sweep (steps) | final lr ratio | tail from | tail | same window | last sweep | "
           "cycle | half | curve")
     for row in runs(a.rows, a.preset, cell):
-        path = curve_of(a.rows, row)
+        path, period = curve_of(a.rows, row), sweep_steps(row)
         head = (f"{json.dumps(row['cell'], sort_keys=True)} | {row['seed']} | {row['derived']['steps']} | "
-                f"{sweep_steps(row):.1f} | {row['config']['optim'].get('final_lr_ratio', 0.0)}")
+                f"{period:.1f} | {row['config']['optim'].get('final_lr_ratio', 0.0)}")
         if path is None:
             print(f"{head} | n/a | n/a | n/a | n/a | n/a | n/a | no curve found")
             continue
         lines = [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
         f = end_figures(np.array([c["step"] for c in lines]), np.array([c["loss"] for c in lines]),
-                        sweep_steps(row), a.tail)
+                        period, a.tail)
         vals = " | ".join("n/a" if math.isnan(f[k]) else f"{f[k]:+.3f}" for k in FIGURES)
         print(f"{head} | {f['tail_from']:.0f} | {vals} | {path}")
     return 0
