@@ -14,7 +14,8 @@ ablation names (``| components, official_readme |``); only a unit that names no 
     <!-- /from -->
 
 A source whose first word is a path (it has a "/") must exist; "commit <sha>" must name a commit of this repository;
-anything else (a command in backticks, "a run on a second machine, issue 13, no rows kept") is read as it is: the
+a source that names only generated tables (``results/diagnostics/lr_floor/tables/temperature.md``, no rows file,
+curve or command) is checked: its block's numbers must be printed in those tables; anything else (a command in backticks, "a run on a second machine, issue 13, no rows kept") is read as it is: the
 block says the number is not from a table and where it is from. Numbers with one decimal (step times, regime
 percentages), integers, settings written `name = value` (t = 0.07), timing ratios (1.85x) and versions (2.14.1, Python 3.11) are not
 result numbers and are not checked.
@@ -103,6 +104,8 @@ def unsupported(doc: str, tables: dict[str, str] | str, repo: Path = REPO) -> li
                 problems.append(f"block source {source!r}: no commit {sha} in this repository")
         elif "/" in first and not first.startswith("`") and not (repo / first.rstrip(":,")).exists():
             problems.append(f"block source {source!r}: no such file in the repository")
+    for source, body in BLOCK.findall(text):
+        problems += _unsourced_in_tables(source.strip(), body, repo)
     outside = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     if OPEN in outside or CLOSE in outside:
         line = next(i for i, l in enumerate(outside.splitlines(), 1) if OPEN in l or CLOSE in l)
@@ -122,6 +125,26 @@ def unsupported(doc: str, tables: dict[str, str] | str, repo: Path = REPO) -> li
                 problems.append(f"line {first_line + offset}: {number} is {where} "
                                 f"(nor an interval's half-width there)")
     return problems
+
+
+TABLE_FILE = re.compile(r"(?<![\w/])(results/\S*tables/\w+\.md)\b")
+
+
+def _unsourced_in_tables(source: str, body: str, repo: Path) -> list[str]:
+    """A block whose source names only generated tables (``results/.../tables/x.md``, no rows file, curve or
+    command) quotes only numbers those tables print: its numbers are checked as a unit naming them would be."""
+    files = TABLE_FILE.findall(source)
+    rest = TABLE_FILE.sub("", source)
+    if not files or "/" in rest or "`" in rest or not all((repo / f).is_file() for f in files):
+        return []
+    got = [table_numbers((repo / f).read_text(encoding="utf-8")) for f in files]
+    printed = set().union(*(g[0] for g in got))
+    halves = [h for g in got for h in g[1]]
+    found = [m.group(1) for m in NUMBER.finditer(body)] + P_VALUE.findall(body)
+    return [f"block sourced from {source!r}: {n} is in none of its tables (nor an interval's half-width there)"
+            for n in found
+            if n.replace(",", "") not in printed and not any(abs(float(n.replace(",", "")) - h) <= 0.0101
+                                                            for h in halves)]
 
 
 def all_tables() -> dict[str, str]:
@@ -169,6 +192,20 @@ def test_a_sourced_block_is_exempt_only_with_a_source_that_exists(tmp_path):
     assert unsupported("<!-- from: -->0.82<!-- /from -->", TABLE, tmp_path)[0].endswith("names no source")
     assert unsupported("<!-- from: `python -c 'print(0.82)'` -->0.82<!-- /from -->", TABLE, tmp_path) == []
     assert "not closed" in unsupported("<!-- from: rows/old.jsonl -->\n80.25\n", TABLE, tmp_path)[0]
+
+
+def test_a_block_sourced_only_from_tables_quotes_only_what_they_print(tmp_path):
+    d = tmp_path / "results" / "diagnostics" / "x" / "tables"
+    d.mkdir(parents=True)
+    (d / "temperature.md").write_text(TABLE)
+    src = "results/diagnostics/x/tables/temperature.md"
+    assert unsupported(f"<!-- from: {src} -->kNN 81.83 ± 0.26, +0.68 ± 0.67<!-- /from -->", {}, tmp_path) == []
+    assert unsupported(f"<!-- from: {src} -->kNN 81.84<!-- /from -->", {}, tmp_path) == [
+        f"block sourced from '{src}': 81.84 is in none of its tables (nor an interval's half-width there)"]
+    # a source that also names rows, a curve or a command is read as it is, as before
+    (tmp_path / "r.jsonl").write_text("{}\n")
+    assert unsupported(f"<!-- from: {src} and r/../r.jsonl -->kNN 81.84<!-- /from -->", {}, tmp_path) == []
+    assert unsupported(f"<!-- from: {src} with `python -m x` -->kNN 81.84<!-- /from -->", {}, tmp_path) == []
 
 
 TABLES = {"negatives_k": TABLE, "components": "| pic.model.head=none | 77.74 ± 0.50 |"}
