@@ -15,13 +15,12 @@ import os
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; before CUDA starts
 
-import socket  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+from ranks import free_port, run_ranks  # noqa: E402
 
 from pic_bench.config import build  # noqa: E402
 from pic_bench.pic.train import Preempted, Trainer  # noqa: E402
@@ -40,9 +39,10 @@ def snapshot(t: Trainer) -> dict:
             "param_devices": sorted({str(p.device) for p in t.model.parameters()})}
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, outs: list) -> None:
     from pic_bench.pic import distributed
 
+    out = outs[rank]
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     ctx = distributed.init_from_env("cuda")
@@ -57,17 +57,8 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_with_nccl_match_one_gpu(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     outs = [str(tmp_path / f"r{r}.pt") for r in range(2)]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, outs[r])) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_ranks(_rank, 2, free_port(), outs, timeout=600)
     two = [torch.load(o, weights_only=False) for o in outs]
     assert [r["device"] for r in two] == ["cuda:0", "cuda:1"]
     assert [r["param_devices"] for r in two] == [["cuda:0"], ["cuda:1"]]

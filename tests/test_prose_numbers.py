@@ -49,6 +49,12 @@ def table_numbers(tables_text: str) -> tuple[set[str], list[float]]:
     return printed, halves
 
 
+def held(number: str, printed: set[str], halves: list[float]) -> bool:
+    """A number a table prints, or the half-width of one of its intervals (within the rounding of the bounds)."""
+    bare = number.replace(",", "")
+    return bare in printed or any(abs(float(bare) - h) <= 0.0101 for h in halves)
+
+
 UNIT_START = re.compile(r"\s*(\||[-*] |#|\d+\. )")
 
 
@@ -119,8 +125,7 @@ def unsupported(doc: str, tables: dict[str, str] | str, repo: Path = REPO) -> li
         for offset, line in enumerate(unit.splitlines()):
             found = [m.group(1) for m in NUMBER.finditer(line)] + P_VALUE.findall(line)
             for number in found:
-                bare = number.replace(",", "")
-                if bare in printed or any(abs(float(bare) - h) <= 0.0101 for h in halves):
+                if held(number, printed, halves):
                     continue
                 problems.append(f"line {first_line + offset}: {number} is {where} "
                                 f"(nor an interval's half-width there)")
@@ -142,9 +147,7 @@ def _unsourced_in_tables(source: str, body: str, repo: Path) -> list[str]:
     halves = [h for g in got for h in g[1]]
     found = [m.group(1) for m in NUMBER.finditer(body)] + P_VALUE.findall(body)
     return [f"block sourced from {source!r}: {n} is in none of its tables (nor an interval's half-width there)"
-            for n in found
-            if n.replace(",", "") not in printed and not any(abs(float(n.replace(",", "")) - h) <= 0.0101
-                                                            for h in halves)]
+            for n in found if not held(n, printed, halves)]
 
 
 def all_tables() -> dict[str, str]:
