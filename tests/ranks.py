@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from datetime import timedelta
 
 import pytest
+
+from pic_bench.pic.distributed import join_all
 
 GLOO_TIMEOUT_S = 120  # one collective or the rendezvous; the tests' collectives take well under a second
 
@@ -48,20 +49,13 @@ def run_procs(target, arglists, timeout: float = 300, method: str = "spawn") -> 
 
     ctx = mp.get_context(method)
     procs = [ctx.Process(target=target, args=tuple(a)) for a in arglists]
-    deadline = time.monotonic() + timeout
+    started = []
     try:
         for p in procs:
             p.start()
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+            started.append(p)
     finally:
-        hung = [i for i, p in enumerate(procs) if p.is_alive()]
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        for p in procs:
-            if p.pid is not None:
-                p.join(30)
+        hung = join_all(started, timeout)  # also when a start failed: nothing is left running
     if hung:
         pytest.fail(f"processes {hung} of {len(procs)} still running after {timeout:g} s: killed (a hung rendezvous "
                     f"or collective); exit codes {[p.exitcode for p in procs]}", pytrace=False)

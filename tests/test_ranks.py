@@ -34,6 +34,25 @@ def test_a_rank_that_never_returns_fails_at_the_deadline_and_is_killed(tmp_path)
     assert not any(_alive(p) for p in pids)  # killed and reaped: nothing for the interpreter's exit to wait on
 
 
+def _sleeps() -> None:
+    time.sleep(600)
+
+
+def test_join_all_waits_one_deadline_for_all_not_one_each():
+    """preflight.check_ranks waited timeout_s for each rank in turn: 8 hung GPUs meant 8 x 180 s."""
+    import multiprocessing as mp
+
+    from pic_bench.pic.distributed import join_all
+
+    procs = [mp.get_context("fork").Process(target=_sleeps) for _ in range(4)]
+    for p in procs:
+        p.start()
+    t0 = time.monotonic()
+    assert join_all(procs, 2) == [0, 1, 2, 3]
+    assert time.monotonic() - t0 < 6  # one 2 s deadline (one each: 8 s)
+    assert not any(p.is_alive() for p in procs) and all(p.exitcode is not None for p in procs)  # killed, reaped
+
+
 def _exits(code: int) -> None:
     raise SystemExit(code)
 

@@ -502,3 +502,19 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
+
+
+def join_all(procs, timeout_s: float) -> list[int]:
+    """Wait for every started process against one deadline ``timeout_s`` from now (not ``timeout_s`` each, which
+    is ``len(procs)`` times as long when all hang); kill and reap those still running then; their indices."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [i for i, p in enumerate(procs) if p.is_alive()]
+    for i in hung:
+        procs[i].kill()
+    for i in hung:
+        procs[i].join(30)
+    return hung

@@ -105,6 +105,8 @@ def check_ranks(cuda: bool, timeout_s: float = 180, world: int | None = None
     With one rank the all-reduce crosses nothing: recorded as "not run" ("1 GPU: NCCL not exercised")."""
     import torch.multiprocessing as mp
 
+    from ..pic import distributed
+
     world = world or (torch.cuda.device_count() if cuda else 2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,12 +118,7 @@ def check_ranks(cuda: bool, timeout_s: float = 180, world: int | None = None
                  for r in range(world)]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join(timeout=timeout_s)
-        hung = [r for r, p in enumerate(procs) if p.is_alive()]
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+        hung = distributed.join_all(procs, timeout_s)
         results = [json.loads(Path(o).read_text()) if os.path.exists(o) else {"rank": r, "error": "no result"}
                    for r, o in enumerate(outs)]
     errors = [f"rank {x['rank']}: {x['error']}" for x in results if "error" in x]
