@@ -358,6 +358,25 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+
+# Keys that decide what else a command launches, never what a run computes: eval.baselines adds the random-network
+# and raw-pixel tasks beside a cell's own. Two configs that differ only here are two cells of two ablation files
+# (their config hashes differ, as committed rows record them) but one experiment: ``run_hash`` is the same, and the
+# suite runs it once and shares its row (``pic_bench.report.results.share_sources``). Each key's value here is the
+# one ``run_hash`` reads every config at.
+LAUNCH_ONLY_KEYS: dict[str, Any] = {"eval.baselines": True}
+
+
+def run_hash(cfg: Config) -> str:
+    """The experiment's hash: ``config_hash`` of ``cfg`` with every key of ``LAUNCH_ONLY_KEYS`` at its fixed
+    value. Equal for the same cell of two ablation files that differ only in what else they launch."""
+    groups: dict[str, dict[str, Any]] = {}
+    for dotted, value in LAUNCH_ONLY_KEYS.items():
+        section, name = dotted.split(".")
+        groups.setdefault(section, {})[name] = value
+    return config_hash(dataclasses.replace(
+        cfg, **{s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in groups.items()}))
+
 class StrictLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently) and
     reading `1e6` / `3e-4` as floats (YAML 1.2; 1.1 needs a dot)."""

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from ..config import Config, config_hash, to_dict, with_added_keys
+from ..config import (Config, ConfigError, config_hash, flatten, from_dict, run_hash, to_dict,
+                      with_added_keys)
 from ..files import write_error
 from .machine import machine_info
 
@@ -417,6 +418,84 @@ def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str
     """Whether an ok row of this key exists (``digest`` None: rows that record no data digest, as analyses)."""
     return (ablation, kind, preset, chash, seed, digest) in ok_keys(results_dir, ablation)
 
+
+
+# ------------------------------------------------------------------------------------------------ shared runs
+def _run_key(row: dict[str, Any]) -> tuple | None:
+    """(kind, preset, run hash, seed, data digest) of an ok row that ran its experiment itself (None for a shared
+    row, a failure, or a config this code cannot read)."""
+    if row.get("status") != "ok" or row.get("shared_from"):
+        return None
+    try:
+        cfg = from_dict(with_added_keys(row["config"]), where=f"row of {row.get('ablation')}")
+    except (ConfigError, TypeError, ValueError):
+        return None
+    return (row.get("kind", "pic"), row["preset"], run_hash(cfg), row["seed"], row_digest(row))
+
+
+def share_sources(results_dir: Path, tasks) -> dict[tuple, dict[str, Any]]:
+    """For each task without a row of its own (``task.done()``), the row of another ablation under the same
+    results folder that ran the same experiment: the same kind, preset, seed and data digest, and a config that
+    differs at most in ``LAUNCH_ONLY_KEYS`` (``run_hash``). Keys are ``task.key``; tasks with no such row are absent.
+
+    Only rows that ran themselves are sources (a shared row is never shared again); where several ablations ran it,
+    the first file in name order gives it, its last ok row in file order."""
+    todo = [t for t in tasks if not t.done()]
+    if not todo:
+        return {}
+    mine = {t.ablation for t in todo}
+    index: dict[tuple, dict[str, Any]] = {}
+    for path in sorted((Path(results_dir) / "rows").glob("*.jsonl")):
+        if path.name.removesuffix(".jsonl") in mine:
+            continue
+        found: dict[tuple, dict[str, Any]] = {}
+        for _, row, problem in scan_rows(path):
+            key = None if problem is not None else _run_key(row)
+            if key is not None:
+                found[key] = row
+        for key, row in found.items():
+            index.setdefault(key, row)
+    out = {}
+    for t in todo:
+        src = index.get((t.kind, t.preset, run_hash(t.cfg), t.cfg.run.seed, t.digest))
+        if src is not None:
+            out[t.key] = src
+    return out
+
+
+def shared_row(src: dict[str, Any], task) -> dict[str, Any]:
+    """``task``'s row, taken from ``src`` (a row of another ablation that ran the same experiment, see
+    ``share_sources``): the run's metrics, derived figures, timing, data and provenance (git sha, machine, time)
+    as ``src`` has them, under this task's ablation, cell, config and config hash. ``shared_from`` names the row it
+    came from (ablation, cell, config hash, time, curve) and the config keys in which the two differ;
+    ``shared_time`` is when it was shared."""
+    row = json.loads(json.dumps(src))
+    cfg = to_dict(task.cfg)
+    mine, theirs = flatten(cfg), flatten(with_added_keys(src["config"]))
+    differs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    curve = curve_file(Path(task.results_dir), src)
+    row.update({
+        "ablation": task.ablation, "cell": task.cell, "config": cfg, "config_hash": config_hash(task.cfg),
+        "shared_from": {"ablation": src["ablation"], "cell": src.get("cell"), "config_hash": src["config_hash"],
+                        "time": src.get("time"),
+                        "curve": str(curve.relative_to(Path(task.results_dir))) if curve else None,
+                        "differs": {k: [mine.get(k), theirs.get(k)] for k in differs}},
+        "shared_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return row
+
+
+def curve_file(results_dir: Path, row: dict[str, Any]) -> Path | None:
+    """The loss curve of a row's run under ``results_dir``: ``curves/<ablation>/<kind>-<preset>-<config hash>-
+    <digest>-s<seed>.jsonl``, of the row it was shared from for a shared row; None where there is none."""
+    shared = row.get("shared_from") or {}
+    if shared.get("curve"):
+        path = Path(results_dir) / shared["curve"]
+        return path if path.is_file() else None
+    ablation, chash = shared.get("ablation", row["ablation"]), shared.get("config_hash", row["config_hash"])
+    hits = sorted((Path(results_dir) / "curves" / ablation).glob(
+        f"{row.get('kind', 'pic')}-{row['preset']}-{chash}-*-s{row['seed']}.jsonl"))
+    return hits[0] if hits else None
 
 def load_rows(results_dir: Path = DEFAULT_RESULTS, ablation: str | None = None):
     """The rows of one ablation (or of all) as a pandas DataFrame, one line per result row, for notebooks:

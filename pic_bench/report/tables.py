@@ -127,7 +127,7 @@ def rows_frame(rows: list[dict[str, Any]]):
     timing verdict (``timing.contention``) and the row itself, in file order (``order``)."""
     import pandas as pd
 
-    cols = GROUP + ["seed", "order", "timing", "row", "U_mean", *METRICS, *COST]
+    cols = GROUP + ["seed", "order", "timing", "shared", "row", "U_mean", *METRICS, *COST]
     recs = []
     for i, r in enumerate(rows):
         if r.get("status") != "ok":
@@ -136,7 +136,7 @@ def rows_frame(rows: list[dict[str, Any]]):
         recs.append({"preset": r["preset"], "device": r.get("device", "?"), "cpu_capability": capability_of(r),
                      "digest": digest_of(r), "kind": r.get("kind", "pic"), "cell": cell_label(r.get("cell") or {}),
                      "config_hash": r["config_hash"], "seed": r["seed"], "order": i, "timing": contention(r),
-                     "row": r, **{k: m.get(k, float("nan")) for k in ("U_mean", *METRICS, *COST)}})
+                     "shared": (r.get("shared_from") or {}).get("ablation"), "row": r, **{k: m.get(k, float("nan")) for k in ("U_mean", *METRICS, *COST)}})
     return pd.DataFrame(recs, columns=cols)
 
 
@@ -173,7 +173,8 @@ def aggregate(rows: list[dict[str, Any]], default_cell: dict[str, Any] | None = 
              "derived": rs[0].get("derived") or {}, "split": bool(g["split"].iloc[0]), "same_run": [],
              "gid": int(g["gid"].iloc[0]), "regimes": [(r.get("derived") or {}).get("regime") for r in rs],
              "timing": {int(s): why if isinstance(why, str) else None  # pandas may hold None as nan
-                        for s, why in zip(g["seed"], g["timing"])}}
+                        for s, why in zip(g["seed"], g["timing"])},
+             "shared": {int(s): src for s, src in zip(g["seed"], g["shared"]) if isinstance(src, str)}}
         t["U_mean"] = float(g["U_mean"].mean())
         for m in METRICS:
             vals = g[m].dropna()
@@ -475,6 +476,21 @@ def _same_run_lines(ts: list[dict[str, Any]]) -> list[str]:
             "differ in nothing but the nominal K)." for g in groups] + ([""] if groups else [])
 
 
+def shared_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """Which cells' rows are shared with another ablation's run (``row["shared_from"]``): the same experiment, run
+    once, whose config differs from this cell's at most in a key that plays no part in the run (eval.baselines)."""
+    said = []
+    for t in ts:
+        by: dict[str, list[int]] = {}
+        for seed, src in sorted((t.get("shared") or {}).items()):
+            by.setdefault(src, []).append(seed)
+        said += [f"{_md(_label(t))} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} from {src}"
+                 for src, seeds in sorted(by.items())]
+    if not said:
+        return []
+    return ["Shared runs (the same experiment as another ablation's row, run once; the configs differ only in "
+            "eval.baselines, `shared_from` in each row): " + "; ".join(said) + ".", ""]
+
 def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], problems: list[str],
                 reference: list[str] | None = None, plots: dict[tuple, str] | None = None,
                 default: str | dict[str, str] = f"Δ: change against the default cell, {PAIRED}.") -> str:
@@ -506,7 +522,7 @@ def to_markdown(name: str, table: list[dict[str, Any]], warnings: list[str], pro
                 f"{_fmt(t['peak_mem_mib'], 0)} | "
                 f"{', '.join(_fmt(v) for v in t['knn_top1'])} | {', '.join(_fmt(v) for v in t['linear_top1'])} |")
         lines.append("")
-        lines += _same_run_lines(ts) + timing_lines(ts) + mde_lines(ts)
+        lines += _same_run_lines(ts) + shared_lines(ts) + timing_lines(ts) + mde_lines(ts)
         if plots and section in plots:
             lines += [f"![{name}, preset {preset}]({plots[section]})", ""]
     if reference:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import ConfigError, parse_cli_overrides
 from ..data.window import make_schedule, sweeps
-from ..report.results import scan_rows
+from ..report.results import curve_file, scan_rows
 
 FIGURES = ("tail", "same_window", "last_sweep", "cycle", "half")
 MIN_LINES = 10  # the fewest curve lines one sweep must span for "cycle" and "half"
@@ -150,9 +150,8 @@ def runs(rows: Path, preset: str, cell: dict) -> list[dict]:
 
 
 def curve_of(rows: Path, row: dict) -> Path | None:
-    hits = sorted((rows.parent.parent / "curves" / row["ablation"]).glob(
-        f"pic-{row['preset']}-{row['config_hash']}-*-s{row['seed']}.jsonl"))
-    return hits[0] if hits else None
+    """The row's loss curve (its run's, for a row shared from another ablation), under the rows' results folder."""
+    return curve_file(rows.parent.parent, row)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import ConfigError, parse_cli_overrides
 from ..data.window import make_schedule
 from ..pic.train import lr_schedule
-from ..report.results import scan_rows
+from ..report.results import curve_file, scan_rows
 
 
 def latest_returns(order: np.ndarray, long_gap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     schedule = make_schedule(p["scheduler"], N, D, p["S"], cfg["run"]["seed"], p["official_shuffle"])
     order = schedule.positions(0, steps * B)
     lr = lr_schedule(d["lr"], steps, d["warmup_steps"], cfg["optim"].get("final_lr_ratio", 0.0))
-    curves = sorted((a.rows.parent.parent / "curves" / row["ablation"]).glob(
-        f"pic-{a.preset}-{row['config_hash']}-*-s{a.seed}.jsonl"))
+    curve = curve_file(a.rows.parent.parent, row)
+    curves = [curve] if curve else []
     loss = {}
     if curves:
         loss = {c["step"]: c["loss"] for c in map(json.loads, curves[0].read_text().splitlines()) if c}

@@ -32,7 +32,9 @@ from typing import Any, Callable
 from ..report import compare
 from ..config import (PRESETS, Ablation, Config, ConfigError, apply, cell_label, check_output_dirs, config_hash,
                      load_ablation, parse_cli_overrides, parse_seeds, plain_sections)
-from ..report.results import DEFAULT_RESULTS, has_row, problem_notes, rows_file
+from ..files import WriteError
+from ..report.results import (DEFAULT_RESULTS, append_row, has_row, problem_notes, rows_file, share_sources,
+                              shared_row)
 from ..data.sources import DatasetError
 from .tasks import Task, run_local, run_task  # noqa: F401 - run_task re-exported for callers of run.run_task
 
@@ -249,6 +251,13 @@ def dry_run_resources(tasks: list[Task], executor: str, cluster=None, results_di
     return {t.name: f"this process ({device_name(resolve_device(t.cfg.run.device))})" for t in tasks}
 
 
+def share_note(src: dict[str, Any]) -> str:
+    """What a shared task takes: the row of which ablation, cell and seed, run when and at which commit."""
+    return (f"runs nothing; takes the row of {src['ablation']} cell {cell_label(src.get('cell') or {})} seed "
+            f"{src['seed']} (the same experiment: its config differs at most in eval.baselines), run "
+            f"{src.get('time', '?')} at {str(src.get('git_sha') or '?')[:8]}; --no-share runs it instead")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pic_bench.run", description=__doc__.split("\n")[0])
     ap.add_argument("ablation", help="ablation file, e.g. ablations/negatives_k.yaml")
@@ -260,13 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", default="checkpoints", help="checkpoint folder (default: checkpoints)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds, replacing the file's seeds")
     ap.add_argument("--no-baselines", action="store_true", help="skip the random-network and raw-pixel rows")
+    ap.add_argument("--no-share", action="store_true",
+                    help="run every task, even one whose experiment another ablation's row under --results has "
+                         "already run (by default that row is shared: same kind, preset, seed, data and a config "
+                         "differing only in eval.baselines; the shared row says so in `shared_from`)")
     ap.add_argument("--executor", default="local", choices=["local", "slurm", "auto"],
                     help="local (in-process), slurm (submitit job array) or auto (slurm when sbatch is on PATH)")
     ap.add_argument("--cluster", default="slurm/cluster.yaml", help="cluster resources file for --executor slurm")
     ap.add_argument("--slurm", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=SLURM_HELP)
     ap.add_argument("--wait", action="store_true", help="with slurm: block until every task has finished")
     ap.add_argument("--dry-run", action="store_true",
-                    help="validate everything and list the tasks (done / todo); runs and writes nothing")
+                    help="validate everything and list the tasks (done / todo / shared); runs and writes nothing")
     ap.add_argument("--fail-fast", action="store_true", help="local: stop at the first failed task")
     ap.add_argument("-q", "--quiet", action="store_true")
     args, extra = ap.parse_known_args(argv)
@@ -316,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in problem_notes(Path(args.results), abl.name, {t.key for t in tasks}):
                 print(f"warning: {line}", file=sys.stderr)  # lines of the rows file that are not rows: named
             check_data_sizes(cells, lambda k, cell: abl.source(k, preset, cell, cli))
+            shares = {} if args.no_share else share_sources(Path(args.results), tasks)
             listing = []
             if args.dry_run:
                 from . import plan
@@ -329,8 +343,10 @@ def main(argv: list[str] | None = None) -> int:
                 resources = dry_run_resources(tasks, executor, cluster, Path(args.results))
                 # a SLURM task evaluates on its node: on a GPU there when its array asks for one
                 devices = {t.name: launch.eval_device(cluster, t) for t in tasks} if cluster else {}
-                listing = [(t.name, t.cell, t.done(), plan.describe(t, args.results, resources.get(t.name),
-                                                                    devices.get(t.name))) for t in tasks]
+                listing = [(t.name, t.cell, "shared" if t.key in shares else t.done(),
+                            share_note(shares[t.key]) if t.key in shares else
+                            plan.describe(t, args.results, resources.get(t.name), devices.get(t.name)))
+                           for t in tasks]
         else:
             results = Path(args.results)
             listing = [(name, cell, has_row(results, abl.name, kind, preset, config_hash(cfg), cfg.run.seed), None)
@@ -345,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in data_lines(tasks, args.results):
                 print(line)
         for name, cell, done, described in listing:
-            print(name, cell, "done" if done else "todo")
-            if described:  # the plan on a line of its own: the task line stays "name cell done|todo"
+            print(name, cell, done if isinstance(done, str) else "done" if done else "todo")
+            if described:  # the plan on a line of its own: the task line stays "name cell done|todo|shared"
                 print("   ", described)
         return 0
     smoke = preset == "smoke" and abl.kind == "train"
@@ -356,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         from . import analysis
 
         return analysis.run(abl, preset, cli, Path(args.results))
+    try:
+        for t in tasks:
+            if t.key in shares and append_row(shared_row(shares[t.key], t), Path(args.results)):
+                print(f"shared: {t.name} {t.cell or 'default'}: {share_note(shares[t.key])}", file=sys.stderr)
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if executor == "slurm":
         from . import launch
 
