@@ -767,3 +767,16 @@ def test_old_names_digests_and_new_content_digests_are_two_sections(tmp_path):
     assert "instance list digest `aaaaaaaaaaaa`" in md
     assert "content digest (train and evaluation images) `bbbbbbbbbbbb`" in md  # before: no such section
     assert md.count("| pic.K=256 |") >= 2  # one line per section: never averaged together
+
+
+def test_a_table_names_its_ablation_file_relative_to_the_repository(tmp_path, monkeypatch):
+    """components.yaml names no default_cell: its table says so, naming the file the same way whether the file is
+    found by name or given as a path, and from whichever folder: the same rows give the same table bytes."""
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    texts = {tables.build_table(a, repo / "results" / "diagnostics" / "lr_floor", write=False)  # no full-PIC row
+             for a in ("components", repo / "ablations" / "components.yaml")}
+    assert len(texts) == 1
+    (text,) = texts
+    assert "Δ: not computed: ablations/components.yaml names no default_cell." in text
+    assert str(repo) not in text

@@ -361,6 +361,13 @@ PAIRED = ("mean of per-seed differences [95% t interval] and the paired t-test's
           "(the larger |bound|)")
 
 
+def _file_name(path) -> str:
+    """An ablation file as a table names it: relative to the repository when it is inside it (the same table bytes
+    wherever the repository is and however the file was named), else as given."""
+    p = Path(path).resolve()
+    root = ABLATIONS_DIR.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
+
 def default_note(name: str, table: list[dict[str, Any]], default_cell: dict[str, Any] | None,
                  abl=None) -> str:
     """The sentence saying what Δ is measured against, or why it is not computed."""
@@ -370,7 +377,7 @@ def default_note(name: str, table: list[dict[str, Any]], default_cell: dict[str,
     if any(_same(t["cell_dict"], default_cell) for t in table if t["kind"] == "pic"):
         return f"Δ: change against the default cell ({cell_label(default_cell)}), {PAIRED}."
     if not default_cell:
-        return f"Δ: not computed: {abl.path if abl is not None else name} names no default_cell."
+        return f"Δ: not computed: {_file_name(abl.path) if abl is not None else name} names no default_cell."
     return f"Δ: change against the same cell with {cell_label(default_cell)}, {PAIRED}."
 
 
