@@ -419,7 +419,6 @@ def has_row(results_dir: Path, ablation: str, kind: str, preset: str, chash: str
     return (ablation, kind, preset, chash, seed, digest) in ok_keys(results_dir, ablation)
 
 
-
 # ------------------------------------------------------------------------------------------------ shared runs
 def _run_key(row: dict[str, Any]) -> tuple | None:
     """(kind, preset, run hash, seed, data digest) of an ok row that ran its experiment itself (None for a shared
