@@ -136,7 +136,8 @@ def rows_frame(rows: list[dict[str, Any]]):
         recs.append({"preset": r["preset"], "device": r.get("device", "?"), "cpu_capability": capability_of(r),
                      "digest": digest_of(r), "kind": r.get("kind", "pic"), "cell": cell_label(r.get("cell") or {}),
                      "config_hash": r["config_hash"], "seed": r["seed"], "order": i, "timing": contention(r),
-                     "shared": (r.get("shared_from") or {}).get("ablation"), "row": r, **{k: m.get(k, float("nan")) for k in ("U_mean", *METRICS, *COST)}})
+                     "shared": (r.get("shared_from") or {}).get("ablation"), "row": r,
+                     **{k: m.get(k, float("nan")) for k in ("U_mean", *METRICS, *COST)}})
     return pd.DataFrame(recs, columns=cols)
 
 
