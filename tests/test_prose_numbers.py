@@ -137,12 +137,26 @@ TABLE_FILE = re.compile(r"(?<![\w/])(results/\S*tables/\w+\.md)\b")
 
 def _unsourced_in_tables(source: str, body: str, repo: Path) -> list[str]:
     """A block whose source names only generated tables (``results/.../tables/x.md``, no rows file, curve or
-    command) quotes only numbers those tables print: its numbers are checked as a unit naming them would be."""
+    command) quotes only numbers those tables print: its numbers are checked as a unit naming them would be. With
+    "commit <sha>, its results/tables/x.md" the tables are read as that commit has them (``git show``)."""
     files = TABLE_FILE.findall(source)
-    rest = TABLE_FILE.sub("", source)
-    if not files or "/" in rest or "`" in rest or not all((repo / f).is_file() for f in files):
+    words = source.split()
+    sha = words[1].rstrip(",:;") if len(words) > 1 and words[0] == "commit" else None
+    rest = TABLE_FILE.sub("", source.replace(" ".join(words[:2]), "", 1) if sha else source)
+    if not files or "/" in rest or "`" in rest:
         return []
-    got = [table_numbers((repo / f).read_text(encoding="utf-8")) for f in files]
+    texts = []
+    for f in files:
+        if sha:
+            got = subprocess.run(["git", "-C", str(repo), "show", f"{sha}:{f}"], capture_output=True, text=True)
+            if got.returncode != 0:
+                return [f"block source {source!r}: commit {sha} has no {f}"]
+            texts.append(got.stdout)
+        elif (repo / f).is_file():
+            texts.append((repo / f).read_text(encoding="utf-8"))
+        else:
+            return []
+    got = [table_numbers(t) for t in texts]
     printed = set().union(*(g[0] for g in got))
     halves = [h for g in got for h in g[1]]
     found = [m.group(1) for m in NUMBER.finditer(body)] + P_VALUE.findall(body)
@@ -209,6 +223,18 @@ def test_a_block_sourced_only_from_tables_quotes_only_what_they_print(tmp_path):
     (tmp_path / "r.jsonl").write_text("{}\n")
     assert unsupported(f"<!-- from: {src} and r/../r.jsonl -->kNN 81.84<!-- /from -->", {}, tmp_path) == []
     assert unsupported(f"<!-- from: {src} with `python -m x` -->kNN 81.84<!-- /from -->", {}, tmp_path) == []
+
+
+def test_a_block_sourced_from_a_commits_tables_quotes_what_that_commit_printed():
+    """e7ad888's negatives_k table (the scale rows with the rate to 0) printed all N's kNN 81.14 ± 0.35; the
+    working tree's table is another's (the floor rows), so only the commit's table can hold the number."""
+    src = "commit e7ad888, its results/tables/negatives_k.md"
+    assert unsupported(f"<!-- from: {src} -->all N 81.14 ± 0.35, +0.68 (p = 0.048)<!-- /from -->", {}) == []
+    assert unsupported(f"<!-- from: {src} -->all N 81.15<!-- /from -->", {}) == [
+        f"block sourced from '{src}': 81.15 is in none of its tables (nor an interval's half-width there)"]
+    gone = "commit e7ad888, its results/tables/nothing.md"
+    assert unsupported(f"<!-- from: {gone} -->1.00<!-- /from -->", {}) == [
+        f"block source '{gone}': commit e7ad888 has no results/tables/nothing.md"]
 
 
 TABLES = {"negatives_k": TABLE, "components": "| pic.model.head=none | 77.74 ± 0.50 |"}
