@@ -136,3 +136,13 @@ def test_committed_rows_of_one_experiment_agree_to_the_last_digit():
     for key, rs in several.items():
         got = {tuple(r["metrics"].get(m) for m in ("knn_top1", "linear_top1", "final_loss")) for r in rs}
         assert len(got) == 1, (key, [(r["ablation"], r["metrics"].get("knn_top1")) for r in rs])
+
+
+def test_the_shared_runs_line_names_a_baselines_kind():
+    """A baseline row carries its ablation's default cell: without its kind, "default seed 0 from sliding_window"
+    reads as the trained default's row."""
+    from pic_bench.report.tables import shared_lines
+    ts = [{"cell": "default", "kind": "pic", "shared": {0: "negatives_k", 1: "negatives_k"}},
+          {"cell": "default", "kind": "baseline_pixels", "shared": {0: "sliding_window"}}]
+    assert shared_lines(ts)[0].endswith(": default seeds 0, 1 from negatives_k; "
+                                        "default (baseline_pixels) seed 0 from sliding_window.")

@@ -492,7 +492,8 @@ def shared_lines(ts: list[dict[str, Any]]) -> list[str]:
         by: dict[str, list[int]] = {}
         for seed, src in sorted((t.get("shared") or {}).items()):
             by.setdefault(src, []).append(seed)
-        said += [f"{_md(_label(t))} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} from {src}"
+        kind = "" if t.get("kind", "pic") == "pic" else f" ({t['kind']})"  # a baseline's cell is the default's
+        said += [f"{_md(_label(t))}{kind} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} from {src}"
                  for src, seeds in sorted(by.items())]
     if not said:
         return []
