@@ -773,8 +773,13 @@ def test_a_table_names_its_ablation_file_relative_to_the_repository(tmp_path, mo
     """components.yaml names no default_cell: its table says so, naming the file the same way whether the file is
     found by name or given as a path, and from whichever folder: the same rows give the same table bytes."""
     repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "res" / "rows").mkdir(parents=True)
+    multi_crop = [line for line in (repo / "results" / "rows" / "components.jsonl").read_text().splitlines()
+                  if '"data.small_views": 3' in line]  # no full-PIC row
+    assert multi_crop
+    (tmp_path / "res" / "rows" / "components.jsonl").write_text("\n".join(multi_crop) + "\n")
     monkeypatch.chdir(tmp_path)
-    texts = {tables.build_table(a, repo / "results" / "diagnostics" / "lr_floor", write=False)  # no full-PIC row
+    texts = {tables.build_table(a, tmp_path / "res", write=False)
              for a in ("components", repo / "ablations" / "components.yaml")}
     assert len(texts) == 1
     (text,) = texts
